@@ -1,0 +1,68 @@
+"""Alembic environment: migrates the database of the app that ``flask db`` builds."""
+
+import logging
+from logging.config import fileConfig
+
+from alembic import context
+from flask import current_app
+
+config = context.config
+if config.config_file_name and not logging.getLogger().handlers:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+logger = logging.getLogger("alembic.env")
+
+migrate_ext = current_app.extensions["migrate"]
+engine = migrate_ext.db.engine
+config.set_main_option(
+    "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
+)
+target_metadata = migrate_ext.db.metadata
+
+
+def run_migrations_offline() -> None:
+    """Emit the migrations as SQL, without a database."""
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=target_metadata,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _skip_empty_autogenerate(context_, revision, directives) -> None:
+    if getattr(config.cmd_opts, "autogenerate", False) and directives[0].upgrade_ops.is_empty():
+        directives[:] = []
+        logger.info("No changes in schema detected.")
+
+
+def _sqlite_foreign_keys(connection, enabled: bool) -> None:
+    # Batch migrations copy and drop tables; with foreign keys on, dropping
+    # jobs would cascade into job_status. The pragma only works outside a
+    # transaction, so it goes straight to the driver's connection.
+    if connection.dialect.name == "sqlite":
+        raw = connection.connection.driver_connection
+        raw.execute(f"PRAGMA foreign_keys={'ON' if enabled else 'OFF'}")
+
+
+def run_migrations_online() -> None:
+    """Run the migrations against the app's database, in one transaction."""
+    conf_args = dict(migrate_ext.configure_args)
+    conf_args.setdefault("process_revision_directives", _skip_empty_autogenerate)
+    with engine.connect() as connection:
+        _sqlite_foreign_keys(connection, False)
+        try:
+            context.configure(
+                connection=connection, target_metadata=target_metadata, **conf_args
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+            connection.commit()
+        finally:
+            _sqlite_foreign_keys(connection, True)
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,91 @@
+"""jobapi: workers read their own job and push its status; operators manage jobs."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, g, request
+
+from .config import DEFAULTS, from_environment, normalize_database_url
+from .extensions import db, migrate
+from .storage import configure_engine, engine_options
+
+# migrations/ sits at the repository root, beside src/.
+MIGRATIONS_DIRECTORY = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then ``config``."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_mapping(from_environment())
+    if config:
+        app.config.from_mapping(config)
+
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    if not url:
+        os.makedirs(app.instance_path, exist_ok=True)
+        url = "sqlite:///" + os.path.join(app.instance_path, "jobapi.sqlite")
+    url = normalize_database_url(url)
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(url, app.config)
+
+    # Keep keys in the order the documents are written in.
+    app.json.sort_keys = False
+
+    db.init_app(app)
+    migrate.init_app(
+        app,
+        db,
+        directory=str(app.config.get("MIGRATIONS_DIRECTORY") or MIGRATIONS_DIRECTORY),
+        render_as_batch=True,  # SQLite alters tables by copying them
+        compare_type=True,
+    )
+    with app.app_context():
+        configure_engine(db.engine, app.config)
+
+    app.before_request(_assign_request_id)
+    app.after_request(_echo_request_id)
+
+    from .errors import register_error_handlers
+
+    register_error_handlers(app)
+
+    from .jobs import bp as jobs_bp
+
+    app.register_blueprint(jobs_bp, url_prefix="/api")
+
+    from .cli import jobs_cli
+
+    app.cli.add_command(jobs_cli)
+    app.shell_context_processor(_shell_context)
+    return app
+
+
+def _assign_request_id() -> None:
+    supplied = request.headers.get("X-Request-ID", "")
+    g.request_id = supplied if 0 < len(supplied) <= 128 and supplied.isprintable() else uuid.uuid4().hex
+
+
+def _echo_request_id(response):
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    return response
+
+
+def _shell_context() -> dict[str, Any]:
+    import sqlalchemy
+
+    from .models import Job, JobStatus
+
+    return {
+        "db": db,
+        "session": db.session,
+        "Job": Job,
+        "JobStatus": JobStatus,
+        "sqlalchemy": sqlalchemy,
+        "select": sqlalchemy.select,
+    }

@@ -1,0 +1,145 @@
+"""The ``flask jobs`` commands with which operators make and manage jobs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from flask.cli import with_appcontext
+from marshmallow import ValidationError
+
+from . import service
+from .errors import APIError
+from .extensions import db
+from .models import STATES
+from .schemas import (
+    format_timestamp,
+    job_create_schema,
+    job_out_schema,
+    job_summary_schema,
+)
+
+
+def _fail(message: str) -> None:
+    db.session.rollback()
+    raise click.ClickException(message)
+
+
+def _validation_message(error: ValidationError) -> str:
+    messages = error.messages
+    if isinstance(messages, dict):
+        parts = [
+            f"{field}: {' '.join(map(str, errs)) if isinstance(errs, list) else errs}"
+            for field, errs in messages.items()
+        ]
+        return "Invalid input: " + "; ".join(parts)
+    return f"Invalid input: {messages}"
+
+
+def _print_json(document: Any) -> None:
+    click.echo(json.dumps(document))
+
+
+@click.group("jobs")
+def jobs_cli() -> None:
+    """Make, list, show, cancel and remove jobs."""
+
+
+@jobs_cli.command("create")
+@click.option("--task", required=True, help="Task name: 1-64 characters of a-z, 0-9, _.")
+@click.option("--user", required=True, help="Who the job runs for.")
+@click.option("--args", "args_json", default="{}", show_default=True, help="Task arguments, a JSON object.")
+@click.option("--proc", default=1, show_default=True, type=int, help="CPU cores the job may use.")
+@click.option("--mem", default=1, show_default=True, type=int, help="GiB of memory the job may use.")
+@with_appcontext
+def create_command(task: str, user: str, args_json: str, proc: int, mem: int) -> None:
+    """Make a job; print its document and its key (shown only this once) as JSON."""
+    try:
+        args = json.loads(args_json)
+    except ValueError as error:
+        _fail(f"--args is not valid JSON: {error}")
+    try:
+        data = job_create_schema.load(
+            {"task": task, "user": user, "args": args, "proc": proc, "mem": mem}
+        )
+    except ValidationError as error:
+        _fail(_validation_message(error))
+    new = service.create_job(db.session, **data)
+    db.session.commit()
+    _print_json({**job_out_schema.dump(new.job), "key": new.key})
+
+
+@jobs_cli.command("list")
+@click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--task", help="Only jobs of this task.")
+@click.option("--user", help="Only jobs run for this user.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@with_appcontext
+def list_command(state: str | None, task: str | None, user: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first, with their current state and progress."""
+    jobs = service.list_jobs(db.session, state=state, task=task, user=user, limit=limit)
+    if as_json:
+        _print_json(job_summary_schema.dump(jobs, many=True))
+        return
+    rows = [("ID", "STATE", "PROGRESS", "STAGE", "TASK", "USER", "CREATED")]
+    for job in jobs:
+        rows.append((
+            job.id,
+            job.state,
+            f"{job.progress:>3}%",
+            job.stage or "-",
+            job.task,
+            job.user_id,
+            format_timestamp(job.created_at)[:19] + "Z",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if not jobs:
+        click.echo("(no jobs)")
+
+
+@jobs_cli.command("show")
+@click.argument("job_id")
+@with_appcontext
+def show_command(job_id: str) -> None:
+    """Print a job's document as JSON."""
+    try:
+        job = service.require_job(db.session, job_id)
+    except APIError as error:
+        _fail(error.message)
+    _print_json(job_out_schema.dump(job))
+
+
+@jobs_cli.command("cancel")
+@click.argument("job_id")
+@with_appcontext
+def cancel_command(job_id: str) -> None:
+    """Cancel a waiting or running job, keeping its last stage and progress."""
+    try:
+        outcome = service.cancel_job(db.session, job_id)
+    except APIError as error:
+        _fail(error.message)
+    db.session.commit()
+    record = outcome.record
+    where = f"at stage {record.stage or '-'}, {record.progress}%"
+    if outcome.changed:
+        click.echo(f"Cancelled job {job_id} {where}")
+    else:
+        click.echo(f"Job {job_id} was already cancelled {where}; left as it is")
+
+
+@jobs_cli.command("remove")
+@click.argument("job_id")
+@click.option("--force", is_flag=True, help="Remove the job even if it is not finished.")
+@with_appcontext
+def remove_command(job_id: str, force: bool) -> None:
+    """Delete a job and all its status records."""
+    try:
+        service.remove_job(db.session, job_id, force=force)
+    except APIError as error:
+        _fail(error.message)
+    db.session.commit()
+    click.echo(f"Removed job {job_id}")

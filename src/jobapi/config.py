@@ -1,0 +1,58 @@
+"""Configuration defaults and the environment variables that override them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    # Unset: an embedded SQLite file in the instance folder (see create_app).
+    "SQLALCHEMY_DATABASE_URI": None,
+    "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+    "SQLALCHEMY_ENGINE_OPTIONS": {},
+    # Request bodies over this size are refused with 413 before they are read.
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Seconds to wait for a connection to PostgreSQL before answering 503.
+    "DB_CONNECT_TIMEOUT": 3,
+    # Milliseconds a PostgreSQL statement (or a lock wait) may take.
+    "DB_STATEMENT_TIMEOUT_MS": 5000,
+    # Connections kept per process; gunicorn.conf.py sizes it to its threads.
+    "DB_POOL_SIZE": 5,
+    # Seconds a SQLite writer waits for the write lock before giving up.
+    "SQLITE_BUSY_TIMEOUT": 10,
+    # Seconds a client is told to wait after a 503.
+    "RETRY_AFTER_SECONDS": 5,
+}
+
+# Environment variable -> (config key, parser).
+ENVIRONMENT: dict[str, tuple[str, Any]] = {
+    "DATABASE_URL": ("SQLALCHEMY_DATABASE_URI", str),
+    "DB_CONNECT_TIMEOUT": ("DB_CONNECT_TIMEOUT", int),
+    "DB_STATEMENT_TIMEOUT_MS": ("DB_STATEMENT_TIMEOUT_MS", int),
+    "DB_POOL_SIZE": ("DB_POOL_SIZE", int),
+    "SQLITE_BUSY_TIMEOUT": ("SQLITE_BUSY_TIMEOUT", int),
+}
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Read the settings the environment gives, parsed; empty variables are ignored."""
+    environ = os.environ if environ is None else environ
+    settings: dict[str, Any] = {}
+    for variable, (key, parse) in ENVIRONMENT.items():
+        value = environ.get(variable, "").strip()
+        if not value:
+            continue
+        try:
+            settings[key] = parse(value)
+        except ValueError:
+            raise ValueError(f"{variable}={value!r} is not a valid {parse.__name__}") from None
+    return settings
+
+
+def normalize_database_url(url: str) -> str:
+    """Select psycopg 3 for PostgreSQL URLs that name no driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url

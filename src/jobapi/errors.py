@@ -1,0 +1,157 @@
+"""The one JSON error envelope, the API's own errors, and the handlers that emit them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, current_app, g, jsonify
+from marshmallow import ValidationError
+from sqlalchemy import exc as sa_exc
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from .extensions import db
+
+log = logging.getLogger(__name__)
+
+BASIC_CHALLENGE = 'Basic realm="jobs"'
+
+# Status code -> (id, message) for errors raised by the framework itself.
+HTTP_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthorized", "Invalid authorization header"),
+    403: ("insufficient_rights", "Insufficient rights"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    406: ("not_acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    411: ("length_required", "Length required"),
+    413: ("payload_too_large", "Payload too large"),
+    414: ("uri_too_long", "URI too long"),
+    415: ("unsupported_media_type", "Expected application/json"),
+    422: ("invalid_input", "Invalid input"),
+    431: ("request_header_fields_too_large", "Request header fields too large"),
+    500: ("internal_error", "Internal server error"),
+    503: ("service_unavailable", "Service unavailable"),
+}
+
+
+class APIError(Exception):
+    """An error the API answers with its JSON envelope; raised by views, hooks and services."""
+
+    status = 500
+    error_id = "internal_error"
+    message = "Internal server error"
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        super().__init__(message or self.message)
+        if message:
+            self.message = message
+        self.extra = extra
+
+    def headers(self) -> dict[str, str]:
+        """Headers the response must carry."""
+        return {}
+
+
+class BadRequest(APIError):
+    status, error_id, message = 400, "bad_request", "Malformed JSON"
+
+
+class Unauthorized(APIError):
+    status, error_id, message = 401, "unauthorized", "Invalid authorization header"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": BASIC_CHALLENGE}
+
+
+class InsufficientRights(APIError):
+    status, error_id, message = 403, "insufficient_rights", "Insufficient rights"
+
+
+class NotFound(APIError):
+    status, error_id, message = 404, "not_found", "Not found"
+
+
+class Conflict(APIError):
+    status, error_id, message = 409, "conflict", "Conflict"
+
+
+class UnsupportedMediaType(APIError):
+    status, error_id, message = 415, "unsupported_media_type", "Expected application/json"
+
+
+def error_response(
+    status: int,
+    error_id: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """Build the envelope ``{"id", "message", ...}`` with its status and headers."""
+    response = jsonify({"id": error_id, "message": message, **extra})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def handle_api_error(error: APIError) -> Response:
+    return error_response(
+        error.status, error.error_id, error.message, error.headers(), **error.extra
+    )
+
+
+def handle_validation_error(error: ValidationError) -> Response:
+    messages = error.messages
+    if not isinstance(messages, dict):
+        messages = {"_schema": messages}
+    return error_response(422, "invalid_input", "Invalid input", errors=messages)
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    code = error.code or 500
+    if code >= 500:
+        # InternalServerError is handled below; any other 5xx keeps its status.
+        log.error("HTTP %s raised: %s", code, error)
+    error_id, message = HTTP_ERRORS.get(code, (_snake(error.name), error.name))
+    # Keep the headers the exception carries (Allow on 405), not its HTML type.
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    if code == 401:
+        headers["WWW-Authenticate"] = BASIC_CHALLENGE
+    return error_response(code, error_id, message, headers)
+
+
+def handle_internal_error(error: InternalServerError) -> Response:
+    # Flask has already logged the traceback of the original exception.
+    log.error("internal error, request id %s", g.get("request_id", "-"))
+    return error_response(500, "internal_error", "Internal server error")
+
+
+def handle_database_unavailable(error: sa_exc.SQLAlchemyError) -> Response:
+    log.warning(
+        "database unavailable, request id %s: %s",
+        g.get("request_id", "-"),
+        str(error).splitlines()[0] if str(error) else type(error).__name__,
+    )
+    db.session.rollback()
+    retry_after = str(current_app.config["RETRY_AFTER_SECONDS"])
+    return error_response(
+        503, "service_unavailable", "Database unavailable", {"Retry-After": retry_after}
+    )
+
+
+def _snake(name: str) -> str:
+    return "_".join(name.lower().replace("-", " ").split())
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error, on every route, with the JSON envelope."""
+    app.register_error_handler(APIError, handle_api_error)
+    app.register_error_handler(ValidationError, handle_validation_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(InternalServerError, handle_internal_error)
+    # Connection failures, timeouts and a pool with no free connection: the
+    # database cannot serve now, which is no bug of the request.
+    for exc_type in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+        app.register_error_handler(exc_type, handle_database_unavailable)

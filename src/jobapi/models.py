@@ -1,0 +1,129 @@
+"""Database models: a job (``jobs``) and its status records (``job_status``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .extensions import db
+
+STATES = ("waiting", "running", "complete", "cancelled", "error")
+FINAL_STATES = frozenset({"complete", "cancelled", "error"})
+
+_STATE_CHECK = "state IN ('waiting', 'running', 'complete', 'cancelled', 'error')"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so the value is
+    stored as naive UTC and marked UTC again when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Job(db.Model):
+    """A unit of work, its resources, its key digest and its current state."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(8), primary_key=True)
+    task: Mapped[str] = mapped_column(String(64))
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+    proc: Mapped[int] = mapped_column(Integer)
+    mem: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[str] = mapped_column(String(64))
+    # SHA-256 hex digest of the job's key; the key itself is never stored.
+    key_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # The job's last status record, kept in step with every push so that
+    # listing jobs never reads their history.
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    stage: Mapped[str | None] = mapped_column(String(256))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Number of status records, which is also the last record's ``seq``.
+    status_count: Mapped[int] = mapped_column(Integer, default=1)
+
+    statuses: Mapped[list[JobStatus]] = relationship(
+        order_by="JobStatus.seq",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+    __table_args__ = (
+        CheckConstraint(_STATE_CHECK, name="state"),
+        CheckConstraint("proc >= 1", name="proc"),
+        CheckConstraint("mem >= 1", name="mem"),
+        CheckConstraint("progress >= 0 AND progress <= 100", name="progress"),
+        # Newest first, with the id as a tie-breaker for stable pages.
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_state_created_at", "state", "created_at"),
+    )
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job has reached a final state."""
+        return self.state in FINAL_STATES
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.task} {self.state}>"
+
+
+class JobStatus(db.Model):
+    """One status record of a job; ``seq`` orders a job's records from 1."""
+
+    __tablename__ = "job_status"
+
+    job_id: Mapped[str] = mapped_column(
+        String(8), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    # The primary key (job_id, seq) is the index that reads a job's records in order.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str | None] = mapped_column(String(256))
+    error: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[int] = mapped_column(Integer)
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(_STATE_CHECK, name="state"),
+        CheckConstraint("progress >= 0 AND progress <= 100", name="progress"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<JobStatus {self.job_id}#{self.seq} {self.state}>"

@@ -1,0 +1,244 @@
+"""Fixtures: the app on a migrated test database (SQLite, or PostgreSQL via TEST_DATABASE_URL),
+its client and CLI runner, job factories, and a live gunicorn for end-to-end tests."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from flask import Flask
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, delete, select
+from sqlalchemy.engine import make_url
+
+from jobapi import MIGRATIONS_DIRECTORY, create_app
+from jobapi.config import normalize_database_url
+from jobapi.extensions import db
+from jobapi.models import Job, JobStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
+
+
+def pytest_report_header(config) -> str:
+    target = make_url(normalize_database_url(TEST_DATABASE_URL)).render_as_string() if TEST_DATABASE_URL else "SQLite"
+    return f"jobapi test database: {target}"
+
+
+def _recreate_postgresql_database(url: str) -> None:
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
+        connection.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
+    admin.dispose()
+
+
+def _drop_postgresql_database(url: str) -> None:
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory) -> Iterator[str]:
+    """A fresh, empty database for this test session."""
+    if TEST_DATABASE_URL:
+        url = normalize_database_url(TEST_DATABASE_URL)
+        _recreate_postgresql_database(url)
+        yield url
+        _drop_postgresql_database(url)
+    else:
+        yield "sqlite:///" + str(tmp_path_factory.mktemp("db") / "jobapi.sqlite")
+
+
+@pytest.fixture(scope="session")
+def is_postgresql(database_url) -> bool:
+    return make_url(database_url).get_backend_name() == "postgresql"
+
+
+@pytest.fixture(scope="session")
+def app(database_url) -> Iterator[Flask]:
+    """The app on the test database, its schema built by the real migrations."""
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
+    with app.app_context():
+        upgrade(directory=str(MIGRATIONS_DIRECTORY))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables(request) -> Iterator[None]:
+    """Each test starts from empty tables (only for tests that use the database)."""
+    yield
+    if "app" not in request.fixturenames:
+        return
+    app = request.getfixturevalue("app")
+    with app.app_context():
+        db.session.execute(delete(JobStatus))
+        db.session.execute(delete(Job))
+        db.session.commit()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@dataclass(frozen=True)
+class JobCredentials:
+    """A job's id and key, and the headers that authenticate as it."""
+
+    id: str
+    key: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return basic_auth(f"job-{self.id}", self.key)
+
+    @property
+    def requests_auth(self) -> tuple[str, str]:
+        return (f"job-{self.id}", self.key)
+
+
+def basic_auth(username: str, password: str) -> dict[str, str]:
+    """An Authorization header for HTTP Basic."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def make_job(app) -> Callable[..., JobCredentials]:
+    """Make a job through the service, as the CLI does; returns its credentials."""
+    from jobapi import service
+
+    def make(**fields) -> JobCredentials:
+        fields.setdefault("task", "create_subtraction")
+        fields.setdefault("user", "igboyes")
+        with app.app_context():
+            new = service.create_job(db.session, **fields)
+            db.session.commit()
+            return JobCredentials(id=new.job.id, key=new.key)
+
+    return make
+
+
+@pytest.fixture
+def job(make_job) -> JobCredentials:
+    return make_job(args={"subtraction_id": "Thale"}, proc=2, mem=4)
+
+
+@pytest.fixture
+def stored(app) -> Callable[[str], list[JobStatus]]:
+    """The status records stored for a job, in order, read straight from the database."""
+
+    def read(job_id: str) -> list[JobStatus]:
+        with app.app_context():
+            records = db.session.scalars(
+                select(JobStatus).where(JobStatus.job_id == job_id).order_by(JobStatus.seq)
+            ).all()
+            db.session.expunge_all()
+            return list(records)
+
+    return read
+
+
+@pytest.fixture
+def stored_job(app) -> Callable[[str], Job | None]:
+    """The jobs row of a job, read straight from the database."""
+
+    def read(job_id: str) -> Job | None:
+        with app.app_context():
+            job = db.session.get(Job, job_id)
+            db.session.expunge_all()
+            return job
+
+    return read
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    """A gunicorn serving the app over HTTP on a loopback port."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_gunicorn(database_url: str, log_path: Path, workers: int = 2, threads: int = 4, extra_env: dict[str, str] | None = None) -> LiveServer:
+    """Start ``gunicorn wsgi:app`` with the repository's config; wait until it answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": str(workers),
+        "GUNICORN_THREADS": str(threads),
+        **(extra_env or {}),
+    }
+    env.pop("DB_POOL_SIZE", None)
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("gunicorn exited:\n" + log_path.read_text(errors="replace"))
+        try:
+            requests.get(url + "/api/jobs/none", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    else:
+        stop_gunicorn(process)
+        raise RuntimeError("gunicorn did not answer:\n" + log_path.read_text(errors="replace"))
+    return LiveServer(url=url, process=process, log_path=log_path)
+
+
+def stop_gunicorn(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(app, database_url, tmp_path_factory) -> Iterator[LiveServer]:
+    """A real gunicorn (2 workers) on the test database, for the whole session."""
+    server = start_gunicorn(database_url, tmp_path_factory.mktemp("gunicorn") / "gunicorn.log")
+    yield server
+    stop_gunicorn(server.process)
