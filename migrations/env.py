@@ -36,6 +36,15 @@ def _skip_empty_autogenerate(context_, revision, directives) -> None:
         logger.info("No changes in schema detected.")
 
 
+def _render_item(type_, obj, autogen_context):
+    # Migrations name plain SQLAlchemy types, never the app's own decorators.
+    impl = getattr(obj, "impl", None)
+    if type_ == "type" and impl is not None and obj.__class__.__module__.startswith("jobapi."):
+        autogen_context.imports.add("import sqlalchemy as sa")
+        return f"sa.{impl!r}"
+    return False
+
+
 def _sqlite_foreign_keys(connection, enabled: bool) -> None:
     # Batch migrations copy and drop tables; with foreign keys on, dropping
     # jobs would cascade into job_status. The pragma only works outside a
@@ -49,6 +58,7 @@ def run_migrations_online() -> None:
     """Run the migrations against the app's database, in one transaction."""
     conf_args = dict(migrate_ext.configure_args)
     conf_args.setdefault("process_revision_directives", _skip_empty_autogenerate)
+    conf_args.setdefault("render_item", _render_item)
     with engine.connect() as connection:
         _sqlite_foreign_keys(connection, False)
         try:
@@ -56,6 +66,10 @@ def run_migrations_online() -> None:
                 connection=connection, target_metadata=target_metadata, **conf_args
             )
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    # The app's statement timeout is for requests, not for
+                    # building indexes on large tables.
+                    context.execute("SET LOCAL statement_timeout = 0")
                 context.run_migrations()
             connection.commit()
         finally:

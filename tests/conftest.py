@@ -211,14 +211,14 @@ def start_gunicorn(database_url: str, log_path: Path, workers: int = 2, threads:
     )
     log.close()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError("gunicorn exited:\n" + log_path.read_text(errors="replace"))
         try:
-            requests.get(url + "/api/jobs/none", timeout=1)
+            requests.get(url + "/api/jobs/none", timeout=5)
             break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)
     else:
         stop_gunicorn(process)

@@ -131,6 +131,34 @@ def cancel_command(job_id: str) -> None:
         click.echo(f"Job {job_id} was already cancelled {where}; left as it is")
 
 
+@jobs_cli.command("rotate-key")
+@click.argument("job_id")
+@with_appcontext
+def rotate_key_command(job_id: str) -> None:
+    """Give a job a new key and print it as JSON; the old key stops working at once."""
+    try:
+        key = service.rotate_key(db.session, job_id)
+    except APIError as error:
+        _fail(error.message)
+    db.session.commit()
+    _print_json({"id": job_id, "key": key})
+
+
+@jobs_cli.command("reap")
+@click.option(
+    "--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+    help="Seconds of silence (no push, no ping) after which a running job has failed.",
+)
+@with_appcontext
+def reap_command(timeout: float) -> None:
+    """Fail running jobs that have sent no heartbeat for longer than the timeout."""
+    reaped = service.reap_jobs(db.session, timeout)
+    db.session.commit()
+    for item in reaped:
+        click.echo(f"Reaped job {item.job.id} ({item.job.task}): {item.record.error}")
+    click.echo(f"{len(reaped)} job(s) reaped")
+
+
 @jobs_cli.command("remove")
 @click.argument("job_id")
 @click.option("--force", is_flag=True, help="Remove the job even if it is not finished.")

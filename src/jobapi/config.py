@@ -14,15 +14,18 @@ DEFAULTS: dict[str, Any] = {
     # Request bodies over this size are refused with 413 before they are read.
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Seconds to wait for a connection to PostgreSQL before answering 503.
-    "DB_CONNECT_TIMEOUT": 3,
-    # Milliseconds a PostgreSQL statement (or a lock wait) may take.
-    "DB_STATEMENT_TIMEOUT_MS": 5000,
+    "DB_CONNECT_TIMEOUT": 2,
+    # Milliseconds a PostgreSQL statement (or a lock wait) may take; with the
+    # connect timeout, a request on a sick database answers 503 within 5 s.
+    "DB_STATEMENT_TIMEOUT_MS": 2500,
     # Connections kept per process; gunicorn.conf.py sizes it to its threads.
     "DB_POOL_SIZE": 5,
     # Seconds a SQLite writer waits for the write lock before giving up.
     "SQLITE_BUSY_TIMEOUT": 10,
     # Seconds a client is told to wait after a 503.
     "RETRY_AFTER_SECONDS": 5,
+    # Seconds a finished job's key still reads the job and replays its last push.
+    "JOB_KEY_GRACE_SECONDS": 600,
 }
 
 # Environment variable -> (config key, parser).
@@ -32,6 +35,8 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "DB_STATEMENT_TIMEOUT_MS": ("DB_STATEMENT_TIMEOUT_MS", int),
     "DB_POOL_SIZE": ("DB_POOL_SIZE", int),
     "SQLITE_BUSY_TIMEOUT": ("SQLITE_BUSY_TIMEOUT", int),
+    "JOB_KEY_GRACE_SECONDS": ("JOB_KEY_GRACE_SECONDS", float),
+    "RETRY_AFTER_SECONDS": ("RETRY_AFTER_SECONDS", int),
 }
 
 

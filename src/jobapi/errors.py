@@ -77,6 +77,12 @@ class Conflict(APIError):
     status, error_id, message = 409, "conflict", "Conflict"
 
 
+class InvalidInput(APIError):
+    """422 with the fields (or headers) at fault: ``InvalidInput(errors={name: [message]})``."""
+
+    status, error_id, message = 422, "invalid_input", "Invalid input"
+
+
 class UnsupportedMediaType(APIError):
     status, error_id, message = 415, "unsupported_media_type", "Expected application/json"
 

@@ -78,6 +78,9 @@ class Job(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Number of status records, which is also the last record's ``seq``.
     status_count: Mapped[int] = mapped_column(Integer, default=1)
+    # The last heartbeat that was not a push; a job's last sign of life is the
+    # later of this and ``updated_at``.
+    pinged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     statuses: Mapped[list[JobStatus]] = relationship(
         order_by="JobStatus.seq",
@@ -100,6 +103,13 @@ class Job(db.Model):
         """Whether the job has reached a final state."""
         return self.state in FINAL_STATES
 
+    @property
+    def last_heartbeat(self) -> datetime:
+        """When the job last showed it was alive: its last push or ping."""
+        if self.pinged_at is None:
+            return self.updated_at
+        return max(self.pinged_at, self.updated_at)
+
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task} {self.state}>"
 
@@ -119,10 +129,16 @@ class JobStatus(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[int] = mapped_column(Integer)
     timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A retried push with the same Idempotency-Key finds the record it made;
+    # the digest tells a retry of the same body from a reuse of the key.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_digest: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint(_STATE_CHECK, name="state"),
         CheckConstraint("progress >= 0 AND progress <= 100", name="progress"),
+        # Two concurrent retries can never both store a record.
+        Index("uq_job_status_idempotency_key", "job_id", "idempotency_key", unique=True),
     )
 
     def __repr__(self) -> str:

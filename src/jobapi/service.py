@@ -6,17 +6,21 @@ raise the API's errors, and flush; the caller commits or rolls back.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, InvalidInput, NotFound
 from .keys import hash_key, make_key
 from .models import FINAL_STATES, Job, JobStatus, utcnow
 from .storage import begin_write
@@ -57,22 +61,50 @@ def get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def lock_job(session: Session, job_id: str) -> Job | None:
-    """The job with this id, its row locked until the transaction ends; or None.
+@dataclass(frozen=True)
+class LockedJob:
+    """A job whose row is locked, and the record an Idempotency-Key already made."""
 
-    This begins the transaction as a writing one, so it comes first.
+    job: Job | None
+    replay: JobStatus | None = None
+
+
+def lock_job(session: Session, job_id: str, *, idempotency_key: str | None = None) -> LockedJob:
+    """The job with this id, its row locked until the transaction ends.
+
+    With an Idempotency-Key, the record that key made (if any) comes in the
+    same statement. This begins the transaction as a writing one, so it
+    comes first.
     """
     begin_write(session)
     if not is_job_id(job_id):
-        return None
-    return session.scalars(
-        select(Job).where(Job.id == job_id).with_for_update()
+        return LockedJob(job=None)
+    if idempotency_key is None:
+        job = session.scalars(
+            select(Job)
+            .where(Job.id == job_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        return LockedJob(job=job)
+    row = session.execute(
+        select(Job, JobStatus)
+        .outerjoin(
+            JobStatus,
+            and_(JobStatus.job_id == Job.id, JobStatus.idempotency_key == idempotency_key),
+        )
+        .where(Job.id == job_id)
+        .with_for_update(of=Job)
+        .execution_options(populate_existing=True)
     ).one_or_none()
+    if row is None:
+        return LockedJob(job=None)
+    return LockedJob(job=row[0], replay=row[1])
 
 
 def require_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
     """Like ``get_job`` (or ``lock_job``), but a missing job is ``NotFound``."""
-    job = lock_job(session, job_id) if lock else get_job(session, job_id)
+    job = lock_job(session, job_id).job if lock else get_job(session, job_id)
     if job is None:
         raise NotFound(f"Job {job_id} not found")
     return job
@@ -120,12 +152,30 @@ def create_job(
     return NewJob(job=job, key=key)
 
 
+FINISHED_MESSAGES = {
+    "complete": "Job is complete",
+    "cancelled": "Job is cancelled",
+    "error": "Job has errored",
+}
+
+
+def finished_conflict(state: str) -> Conflict:
+    """The 409 for any change to a finished job; it tells the worker the state."""
+    return Conflict(FINISHED_MESSAGES[state], state=state)
+
+
 def check_transition(current: str, new: str) -> None:
     """Refuse with 409 a move the state machine does not allow."""
     if current in FINAL_STATES:
-        raise Conflict("Job is finished")
+        raise finished_conflict(current)
     if new not in TRANSITIONS[current]:
-        raise Conflict(f"Cannot move a job from {current} to {new}")
+        raise Conflict(f"Cannot move a job from {current} to {new}", state=current)
+
+
+def request_digest(state: str, stage: str | None, progress: int, error: str | None) -> str:
+    """A digest of a push's content, to tell a retry from a reuse of its key."""
+    canonical = json.dumps([state, stage, progress, error], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def append_status(
@@ -136,6 +186,7 @@ def append_status(
     stage: str | None,
     progress: int,
     error: str | None = None,
+    idempotency_key: str | None = None,
 ) -> JobStatus:
     """Append a record to a locked job and make it the job's current state.
 
@@ -152,6 +203,10 @@ def append_status(
         error=error,
         progress=progress,
         timestamp=timestamp,
+        idempotency_key=idempotency_key,
+        request_digest=(
+            request_digest(state, stage, progress, error) if idempotency_key else None
+        ),
     )
     job.state = state
     job.stage = stage
@@ -162,23 +217,126 @@ def append_status(
     return record
 
 
+class ConcurrentRetry(Exception):
+    """Another push with the same Idempotency-Key stored its record first.
+
+    The lock query's snapshot predates that record, so it was not seen; the
+    caller rolls back and pushes again in a new transaction, which replays it.
+    """
+
+
+@dataclass(frozen=True)
+class Push:
+    """The outcome of a push: the record, and whether it was stored before."""
+
+    record: JobStatus
+    replayed: bool
+
+
 def push_status(
     session: Session,
-    job: Job,
+    locked: LockedJob,
     *,
     state: str,
     stage: str,
     progress: int,
     error: str | None = None,
-) -> JobStatus:
-    """A job's own push: check the move from its current state, then append.
+    idempotency_key: str | None = None,
+) -> Push:
+    """A job's own push: replay a retried one, or check the move and append.
 
-    ``job`` must have been loaded with ``lock_job`` in this transaction.
+    ``locked`` comes from ``lock_job`` in this transaction, with the same
+    Idempotency-Key. A retry (same key, same content) gets the record it
+    made the first time, whatever has happened since; the same key with
+    other content is refused.
     """
+    job = locked.job
+    assert job is not None
+    if idempotency_key is not None and locked.replay is not None:
+        if locked.replay.request_digest != request_digest(state, stage, progress, error):
+            raise InvalidInput(
+                errors={"Idempotency-Key": ["Already used for a different status of this job."]}
+            )
+        return Push(record=locked.replay, replayed=True)
     check_transition(job.state, state)
-    return append_status(
-        session, job, state=state, stage=stage, progress=progress, error=error
+    try:
+        record = append_status(
+            session, job, state=state, stage=stage, progress=progress, error=error,
+            idempotency_key=idempotency_key,
+        )
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        raise ConcurrentRetry() from None
+    return Push(record=record, replayed=False)
+
+
+def ping_job(session: Session, job: Job) -> datetime:
+    """Record a heartbeat of a locked job that is still active; return its time."""
+    if job.finished:
+        raise finished_conflict(job.state)
+    job.pinged_at = max(utcnow(), job.updated_at)
+    session.flush()
+    return job.pinged_at
+
+
+def key_expired(job: Job, grace_seconds: float, now: datetime | None = None) -> bool:
+    """Whether a finished job's key has outlived its grace period."""
+    if not job.finished:
+        return False
+    return (now or utcnow()) - job.updated_at > timedelta(seconds=grace_seconds)
+
+
+def rotate_key(session: Session, job_id: str) -> str:
+    """Give a job a new key; the old one stops working when this commits."""
+    job = require_job(session, job_id, lock=True)
+    key = make_key()
+    job.key_digest = hash_key(key)
+    session.flush()
+    return key
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A job the reaper failed, and when it was last heard from."""
+
+    job: Job
+    record: JobStatus
+    last_heartbeat: datetime
+
+
+def reap_jobs(session: Session, timeout_seconds: float) -> list[Reaped]:
+    """Fail every running job silent for longer than the timeout; return them.
+
+    Each job is locked and checked again before it is failed, so a push or
+    ping that lands meanwhile saves it. Waiting jobs are never reaped.
+    """
+    begin_write(session)
+    now = utcnow()
+    cutoff = now - timedelta(seconds=timeout_seconds)
+    silent = (
+        select(Job.id)
+        .where(Job.state == "running", Job.updated_at < cutoff)
+        .where(or_(Job.pinged_at.is_(None), Job.pinged_at < cutoff))
+        .order_by(Job.id)
     )
+    reaped = []
+    for job_id in session.scalars(silent).all():
+        job = lock_job(session, job_id).job
+        if job is None or job.state != "running" or job.last_heartbeat >= cutoff:
+            continue
+        last_heartbeat = job.last_heartbeat
+        silence = (now - last_heartbeat).total_seconds()
+        record = append_status(
+            session, job, state="error", stage="timeout", progress=job.progress,
+            error=(
+                f"No heartbeat for {silence:.0f} seconds (last at "
+                f"{last_heartbeat.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}); "
+                f"the timeout is {timeout_seconds:g} seconds"
+            ),
+        )
+        reaped.append(Reaped(job=job, record=record, last_heartbeat=last_heartbeat))
+    return reaped
 
 
 @dataclass(frozen=True)
@@ -199,7 +357,7 @@ def cancel_job(session: Session, job_id: str) -> Cancellation:
     if job.state == "cancelled":
         return Cancellation(record=last_status(session, job), changed=False)
     if job.state in FINAL_STATES:
-        raise Conflict(f"Job is {job.state}; only a waiting or running job can be cancelled")
+        raise finished_conflict(job.state)
     record = append_status(
         session, job, state="cancelled", stage=job.stage, progress=job.progress
     )
@@ -210,7 +368,10 @@ def remove_job(session: Session, job_id: str, *, force: bool = False) -> None:
     """Delete a job and all its records; a job still active only with ``force``."""
     job = require_job(session, job_id, lock=True)
     if not job.finished and not force:
-        raise Conflict(f"Job is {job.state}; remove it with force, or cancel it first")
+        raise Conflict(
+            f"Job is {job.state}: only a finished job is removed without force",
+            state=job.state,
+        )
     session.delete(job)
     session.flush()
 
