@@ -40,7 +40,6 @@ def _render_item(type_, obj, autogen_context):
     # Migrations name plain SQLAlchemy types, never the app's own decorators.
     impl = getattr(obj, "impl", None)
     if type_ == "type" and impl is not None and obj.__class__.__module__.startswith("jobapi."):
-        autogen_context.imports.add("import sqlalchemy as sa")
         return f"sa.{impl!r}"
     return False
 

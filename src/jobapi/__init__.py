@@ -59,9 +59,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(jobs_bp, url_prefix="/api")
 
-    from .cli import jobs_cli
+    from .cli import jobs_cli, tokens_cli
 
     app.cli.add_command(jobs_cli)
+    app.cli.add_command(tokens_cli)
     app.shell_context_processor(_shell_context)
     return app
 
@@ -79,13 +80,14 @@ def _echo_request_id(response):
 def _shell_context() -> dict[str, Any]:
     import sqlalchemy
 
-    from .models import Job, JobStatus
+    from .models import ApiToken, Job, JobStatus
 
     return {
         "db": db,
         "session": db.session,
         "Job": Job,
         "JobStatus": JobStatus,
+        "ApiToken": ApiToken,
         "sqlalchemy": sqlalchemy,
         "select": sqlalchemy.select,
     }

@@ -1,17 +1,47 @@
-"""Authentication: reading a job's credentials and the hook that lets a job act on itself only."""
+"""Authentication: who may call each route, and the one hook that checks it.
+
+Two kinds of caller: a job, with HTTP Basic ``job-<id>:<key>``, which may act
+on itself only (SPEC 2); and an operator or a runner, with ``Authorization:
+Bearer <token>``. Each route declares with ``allow`` which of them it takes.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from flask import current_app, g, request
 
 from . import service
-from .errors import InsufficientRights, NotFound, Unauthorized
+from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, InsufficientRights, NotFound, Unauthorized
 from .extensions import db
 from .keys import verify_job_key
+from .storage import begin_write
 
 JOB_USER_PREFIX = "job-"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+View = TypeVar("View", bound=Callable)
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call a route: the job named in its path, and which token roles."""
+
+    job: bool = False
+    roles: frozenset[str] = frozenset()
+
+
+def allow(*, job: bool = False, roles: Iterable[str] = ()) -> Callable[[View], View]:
+    """Declare who may call a view; a route without a declaration admits nobody."""
+
+    def declare(view: View) -> View:
+        view.access = Access(job=job, roles=frozenset(roles))  # type: ignore[attr-defined]
+        return view
+
+    return declare
 
 
 def job_credentials() -> tuple[str, str]:
@@ -35,8 +65,43 @@ def valid_idempotency_key() -> str | None:
     return value
 
 
-def authenticate_job() -> None:
-    """Before every jobs request: let a job act on itself only (SPEC 2).
+def authenticate() -> None:
+    """Before every request of the blueprint: admit only the callers the route declares."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    access: Access = getattr(view, "access", Access())
+    if request.method not in SAFE_METHODS:
+        # Everything the request reads, authentication included, is part of
+        # its write transaction (on SQLite, that takes the write lock now).
+        begin_write(db.session)
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        _authenticate_token(access, credentials.strip())
+    elif access.job:
+        _authenticate_job()
+    else:
+        raise Unauthorized("Bearer token required", challenge=BEARER_CHALLENGE)
+
+
+def _authenticate_token(access: Access, secret: str) -> None:
+    """An operator's or runner's token: known and active (401), of a role the route takes (403)."""
+    token = service.find_token(db.session, secret)
+    if token is None:
+        # A job's route challenges for the job's own credentials (SPEC 2).
+        challenge = BASIC_CHALLENGE if access.job else BEARER_CHALLENGE
+        raise Unauthorized("Invalid or revoked token", challenge=challenge)
+    if token.role not in access.roles:
+        raise InsufficientRights()
+    g.token = token
+    job_id = (request.view_args or {}).get("job_id")
+    if job_id is not None and request.method in SAFE_METHODS:
+        job = service.get_job(db.session, job_id)
+        if job is None:
+            raise NotFound()
+        g.job = job
+
+
+def _authenticate_job() -> None:
+    """A job acting on itself (SPEC 2).
 
     The checks run in the contract's order: credentials (401), the job they
     name against the path (403), the job's existence (404), the key (401),
@@ -46,10 +111,8 @@ def authenticate_job() -> None:
     state of the job.
     """
     job_id = (request.view_args or {}).get("job_id")
-    if job_id is None:
-        return
     credential_id, key = job_credentials()
-    if credential_id != job_id:
+    if job_id is None or credential_id != job_id:
         raise InsufficientRights()
     if request.method in SAFE_METHODS:
         locked = service.LockedJob(job=service.get_job(db.session, job_id))
@@ -67,7 +130,7 @@ def authenticate_job() -> None:
 
 
 def add_job_state(response):
-    """After every jobs request that reached a job: tell the worker its current state."""
+    """After every request that reached a job: tell the caller the job's current state."""
     job = g.get("job")
     if job is not None:
         response.headers["Job-State"] = job.state

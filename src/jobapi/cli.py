@@ -10,9 +10,10 @@ from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
 from . import service
-from .errors import APIError
+from .errors import APIError, NotFound
 from .extensions import db
-from .models import STATES
+from .payload import loads_strict
+from .models import ROLES, STATES
 from .schemas import (
     format_timestamp,
     job_create_schema,
@@ -24,6 +25,10 @@ from .schemas import (
 def _fail(message: str) -> None:
     db.session.rollback()
     raise click.ClickException(message)
+
+
+def _fail_for_job(job_id: str, error: APIError) -> None:
+    _fail(f"Job {job_id} not found" if isinstance(error, NotFound) else error.message)
 
 
 def _validation_message(error: ValidationError) -> str:
@@ -41,9 +46,22 @@ def _print_json(document: Any) -> None:
     click.echo(json.dumps(document))
 
 
+class OneLineErrors(click.Command):
+    """A command whose usage errors (a missing option, say) are one line and exit status 1."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as error:
+            raise click.ClickException(error.format_message()) from None
+
+
 @click.group("jobs")
 def jobs_cli() -> None:
     """Make, list, show, cancel and remove jobs."""
+
+
+jobs_cli.command_class = OneLineErrors
 
 
 @jobs_cli.command("create")
@@ -56,7 +74,7 @@ def jobs_cli() -> None:
 def create_command(task: str, user: str, args_json: str, proc: int, mem: int) -> None:
     """Make a job; print its document and its key (shown only this once) as JSON."""
     try:
-        args = json.loads(args_json)
+        args = loads_strict(args_json)
     except ValueError as error:
         _fail(f"--args is not valid JSON: {error}")
     try:
@@ -79,7 +97,7 @@ def create_command(task: str, user: str, args_json: str, proc: int, mem: int) ->
 @with_appcontext
 def list_command(state: str | None, task: str | None, user: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first, with their current state and progress."""
-    jobs = service.list_jobs(db.session, state=state, task=task, user=user, limit=limit)
+    jobs = service.list_jobs(db.session, state=state, task=task, user=user, limit=limit).jobs
     if as_json:
         _print_json(job_summary_schema.dump(jobs, many=True))
         return
@@ -109,7 +127,7 @@ def show_command(job_id: str) -> None:
     try:
         job = service.require_job(db.session, job_id)
     except APIError as error:
-        _fail(error.message)
+        _fail_for_job(job_id, error)
     _print_json(job_out_schema.dump(job))
 
 
@@ -121,7 +139,7 @@ def cancel_command(job_id: str) -> None:
     try:
         outcome = service.cancel_job(db.session, job_id)
     except APIError as error:
-        _fail(error.message)
+        _fail_for_job(job_id, error)
     db.session.commit()
     record = outcome.record
     where = f"at stage {record.stage or '-'}, {record.progress}%"
@@ -139,7 +157,7 @@ def rotate_key_command(job_id: str) -> None:
     try:
         key = service.rotate_key(db.session, job_id)
     except APIError as error:
-        _fail(error.message)
+        _fail_for_job(job_id, error)
     db.session.commit()
     _print_json({"id": job_id, "key": key})
 
@@ -168,6 +186,62 @@ def remove_command(job_id: str, force: bool) -> None:
     try:
         service.remove_job(db.session, job_id, force=force)
     except APIError as error:
-        _fail(error.message)
+        _fail_for_job(job_id, error)
     db.session.commit()
     click.echo(f"Removed job {job_id}")
+
+
+@click.group("tokens")
+def tokens_cli() -> None:
+    """Make, list and revoke operator and runner tokens."""
+
+
+tokens_cli.command_class = OneLineErrors
+
+
+@tokens_cli.command("create")
+@click.option("--name", required=True, help="A unique name: who or what holds the token.")
+@click.option("--role", required=True, type=click.Choice(ROLES), help="operator: manage jobs; runner: claim work.")
+@with_appcontext
+def create_token_command(name: str, role: str) -> None:
+    """Make a bearer token and print it on stdout; it is shown only this once."""
+    name = name.strip()
+    if not 1 <= len(name) <= 64 or not name.isprintable():
+        _fail("--name must be 1 to 64 printable characters")
+    try:
+        new = service.create_token(db.session, name=name, role=role)
+    except APIError as error:
+        _fail(error.message)
+    db.session.commit()
+    click.echo(new.secret)
+    click.echo(f"Token {name!r} ({role}) made; it is shown only this once.", err=True)
+
+
+@tokens_cli.command("list")
+@with_appcontext
+def list_tokens_command() -> None:
+    """List tokens (never their secrets), revoked ones included."""
+    rows = [("NAME", "ROLE", "CREATED", "REVOKED")]
+    for token in service.list_tokens(db.session):
+        rows.append((
+            token.name,
+            token.role,
+            format_timestamp(token.created_at)[:19] + "Z",
+            format_timestamp(token.revoked_at)[:19] + "Z" if token.revoked_at else "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@tokens_cli.command("revoke")
+@click.argument("name")
+@with_appcontext
+def revoke_token_command(name: str) -> None:
+    """Revoke a token by name; it stops working at once."""
+    try:
+        changed = service.revoke_token(db.session, name)
+    except APIError as error:
+        _fail(error.message)
+    db.session.commit()
+    click.echo(f"Revoked token {name!r}" if changed else f"Token {name!r} was already revoked")

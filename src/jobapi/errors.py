@@ -15,6 +15,7 @@ from .extensions import db
 log = logging.getLogger(__name__)
 
 BASIC_CHALLENGE = 'Basic realm="jobs"'
+BEARER_CHALLENGE = 'Bearer realm="jobapi"'
 
 # Status code -> (id, message) for errors raised by the framework itself.
 HTTP_ERRORS: dict[int, tuple[str, str]] = {
@@ -59,10 +60,16 @@ class BadRequest(APIError):
 
 
 class Unauthorized(APIError):
+    """401, with the challenge of the scheme the route expects (job Basic by default)."""
+
     status, error_id, message = 401, "unauthorized", "Invalid authorization header"
 
+    def __init__(self, message: str | None = None, *, challenge: str = BASIC_CHALLENGE) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": BASIC_CHALLENGE}
+        return {"WWW-Authenticate": self.challenge}
 
 
 class InsufficientRights(APIError):

@@ -1,4 +1,4 @@
-"""Secrets: making job keys, storing only their digests, checking them in constant time."""
+"""Secrets: making job keys and bearer tokens, storing only their digests, checking them in constant time."""
 
 from __future__ import annotations
 
@@ -20,3 +20,16 @@ def hash_key(key: str) -> str:
 def verify_job_key(key_digest: str, key: str) -> bool:
     """Whether ``key`` is the key whose digest is stored, compared in constant time."""
     return hmac.compare_digest(key_digest, hash_key(key))
+
+
+TOKEN_PREFIXES = {"operator": "jobapi_op_", "runner": "jobapi_rn_"}
+
+
+def make_token(role: str) -> str:
+    """A new bearer token for a role: a recognisable prefix and 256 bits of randomness."""
+    return TOKEN_PREFIXES[role] + secrets.token_hex(32)
+
+
+def looks_like_token(value: str) -> bool:
+    """Whether a string has a bearer token's form (a job key never does)."""
+    return any(value.startswith(prefix) for prefix in TOKEN_PREFIXES.values())

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from .extensions import db
 
 STATES = ("waiting", "running", "complete", "cancelled", "error")
+ROLES = ("operator", "runner")
 FINAL_STATES = frozenset({"complete", "cancelled", "error"})
 
 _STATE_CHECK = "state IN ('waiting', 'running', 'complete', 'cancelled', 'error')"
@@ -81,6 +82,9 @@ class Job(db.Model):
     # The last heartbeat that was not a push; a job's last sign of life is the
     # later of this and ``updated_at``.
     pinged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The runner (token name) that claimed the job from the queue, and when.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     statuses: Mapped[list[JobStatus]] = relationship(
         order_by="JobStatus.seq",
@@ -143,3 +147,26 @@ class JobStatus(db.Model):
 
     def __repr__(self) -> str:
         return f"<JobStatus {self.job_id}#{self.seq} {self.state}>"
+
+
+class ApiToken(db.Model):
+    """A bearer token of an operator (manages jobs) or a runner (claims work)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    # SHA-256 hex digest of the token; the token itself is never stored.
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (CheckConstraint("role IN ('operator', 'runner')", name="role"),)
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def __repr__(self) -> str:
+        return f"<ApiToken {self.name} {self.role}>"

@@ -15,6 +15,16 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def loads_strict(text: str | bytes) -> Any:
+    """Parse JSON, refusing NaN and Infinity; ``ValueError`` when it is not JSON."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def json_object() -> dict[str, Any]:
     """The request body as a JSON object: 415 if not JSON by type, 400 if malformed."""
     if not request.is_json:
@@ -22,8 +32,8 @@ def json_object() -> dict[str, Any]:
     # Reading the body enforces MAX_CONTENT_LENGTH (413).
     raw = request.get_data(cache=True)
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        body = loads_strict(raw)
+    except ValueError:  # UnicodeDecodeError is one
         raise BadRequest("Malformed JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("Malformed JSON: expected a JSON object")

@@ -94,14 +94,52 @@ class StatusInSchema(Schema):
             raise ValidationError("Must be null unless state is error.", "error")
 
 
+class UserId(fields.String):
+    """Who a job runs for: ``"igboyes"``, or ``{"id": "igboyes"}`` as the job document shows it."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> str:
+        if isinstance(value, dict) and set(value) == {"id"}:
+            value = value["id"]
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+_task_name = validate.Regexp(TASK_PATTERN, error="Must be 1 to 64 characters of a-z, 0-9 and _.")
+
+
 class JobCreateSchema(Schema):
     """A new job as an operator describes it (SPEC 1.1)."""
 
-    task = fields.String(required=True, validate=validate.Regexp(TASK_PATTERN, error="Must be 1 to 64 characters of a-z, 0-9 and _."))
+    task = fields.String(required=True, validate=_task_name)
     args = fields.Dict(keys=fields.String(), load_default=dict, validate=_validate_args)
     proc = StrictInteger(load_default=1, validate=validate.Range(min=1, max=MAX_INT32))
     mem = StrictInteger(load_default=1, validate=validate.Range(min=1, max=MAX_INT32))
-    user = fields.String(required=True, validate=[validate.Length(min=1, max=64), _no_nul])
+    user = UserId(required=True, validate=[validate.Length(min=1, max=64), _no_nul])
+
+
+class JobListQuerySchema(Schema):
+    """The query string of ``GET /api/jobs``."""
+
+    state = fields.String(validate=validate.OneOf(STATES))
+    task = fields.String(validate=_task_name)
+    user = fields.String(validate=[validate.Length(min=1, max=64), _no_nul])
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(validate=[validate.Length(min=1, max=200), _no_nul])
+
+
+class RemoveQuerySchema(Schema):
+    """The query string of ``DELETE /api/jobs/<id>``."""
+
+    force = fields.Boolean(load_default=False)
+
+
+class ClaimSchema(Schema):
+    """What a runner can run: task names, and the cores and memory it has free."""
+
+    tasks = fields.List(
+        fields.String(validate=_task_name), required=True, validate=validate.Length(min=1, max=100)
+    )
+    proc = StrictInteger(required=True, validate=validate.Range(min=1, max=MAX_INT32))
+    mem = StrictInteger(required=True, validate=validate.Range(min=1, max=MAX_INT32))
 
 
 class StatusOutSchema(Schema):
@@ -139,6 +177,14 @@ class JobSummarySchema(Schema):
     progress = fields.Integer()
     created_at = fields.Function(lambda job: format_timestamp(job.created_at))
     updated_at = fields.Function(lambda job: format_timestamp(job.updated_at))
+    claimed_by = fields.String(allow_none=True)
+
+
+class JobPageSchema(Schema):
+    """A page of ``GET /api/jobs``."""
+
+    jobs = fields.List(fields.Nested(JobSummarySchema))
+    next_cursor = fields.String(allow_none=True)
 
 
 status_in_schema = StatusInSchema()
@@ -146,3 +192,7 @@ job_create_schema = JobCreateSchema()
 status_out_schema = StatusOutSchema()
 job_out_schema = JobOutSchema()
 job_summary_schema = JobSummarySchema()
+job_page_schema = JobPageSchema()
+job_list_query_schema = JobListQuerySchema()
+remove_query_schema = RemoveQuerySchema()
+claim_schema = ClaimSchema()

@@ -6,7 +6,10 @@ raise the API's errors, and flush; the caller commits or rolls back.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -21,8 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .errors import Conflict, InvalidInput, NotFound
-from .keys import hash_key, make_key
-from .models import FINAL_STATES, Job, JobStatus, utcnow
+from .keys import hash_key, looks_like_token, make_key, make_token
+from .models import FINAL_STATES, ApiToken, Job, JobStatus, utcnow
 from .storage import begin_write
 
 ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -106,7 +109,7 @@ def require_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
     """Like ``get_job`` (or ``lock_job``), but a missing job is ``NotFound``."""
     job = lock_job(session, job_id).job if lock else get_job(session, job_id)
     if job is None:
-        raise NotFound(f"Job {job_id} not found")
+        raise NotFound()
     return job
 
 
@@ -341,8 +344,9 @@ def reap_jobs(session: Session, timeout_seconds: float) -> list[Reaped]:
 
 @dataclass(frozen=True)
 class Cancellation:
-    """The outcome of a cancel: the cancelled record, and whether it is new."""
+    """The outcome of a cancel: the job, its cancelled record, and whether it is new."""
 
+    job: Job
     record: JobStatus
     changed: bool
 
@@ -355,13 +359,13 @@ def cancel_job(session: Session, job_id: str) -> Cancellation:
     """
     job = require_job(session, job_id, lock=True)
     if job.state == "cancelled":
-        return Cancellation(record=last_status(session, job), changed=False)
+        return Cancellation(job=job, record=last_status(session, job), changed=False)
     if job.state in FINAL_STATES:
         raise finished_conflict(job.state)
     record = append_status(
         session, job, state="cancelled", stage=job.stage, progress=job.progress
     )
-    return Cancellation(record=record, changed=True)
+    return Cancellation(job=job, record=record, changed=True)
 
 
 def remove_job(session: Session, job_id: str, *, force: bool = False) -> None:
@@ -381,6 +385,37 @@ def last_status(session: Session, job: Job) -> JobStatus:
     return session.get_one(JobStatus, (job.id, job.status_count))
 
 
+class InvalidCursor(ValueError):
+    """A page cursor that this service did not make."""
+
+
+def encode_cursor(job: Job) -> str:
+    """An opaque cursor for the page after ``job``."""
+    raw = json.dumps([job.created_at.isoformat(), job.id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) position a cursor names; ``InvalidCursor`` if malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        position = datetime.fromisoformat(created_at)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidCursor(cursor) from None
+    if position.tzinfo is None or not isinstance(job_id, str) or not is_job_id(job_id):
+        raise InvalidCursor(cursor)
+    return position, job_id
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of jobs, newest first, and the cursor of the next page (None at the end)."""
+
+    jobs: Sequence[Job]
+    next_cursor: str | None
+
+
 def list_jobs(
     session: Session,
     *,
@@ -388,13 +423,114 @@ def list_jobs(
     task: str | None = None,
     user: str | None = None,
     limit: int = 50,
-) -> Sequence[Job]:
-    """Jobs newest first, filtered, read from the jobs table alone."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    cursor: str | None = None,
+) -> JobPage:
+    """Jobs newest first, filtered, read from the jobs table alone.
+
+    Pages are keyset-paginated on (created_at, id): a page costs the same
+    however deep it is, and jobs made meanwhile never shift later pages.
+    """
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if state is not None:
         query = query.where(Job.state == state)
     if task is not None:
         query = query.where(Job.task == task)
     if user is not None:
         query = query.where(Job.user_id == user)
-    return session.scalars(query).all()
+    if cursor is not None:
+        created_at, job_id = decode_cursor(cursor)
+        query = query.where(
+            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
+        )
+    jobs = session.scalars(query).all()
+    if len(jobs) > limit:
+        return JobPage(jobs=jobs[:limit], next_cursor=encode_cursor(jobs[limit - 1]))
+    return JobPage(jobs=jobs, next_cursor=None)
+
+
+def claim_job(
+    session: Session, *, runner: str, tasks: Sequence[str], proc: int, mem: int
+) -> NewJob | None:
+    """Hand a runner the oldest waiting, unclaimed job it can run, with a fresh key.
+
+    On PostgreSQL the candidate row is locked with SKIP LOCKED, so runners
+    claiming at once never get the same job and never wait on each other;
+    on SQLite the write transaction makes claims serial. The job's previous
+    key stops working.
+    """
+    begin_write(session)
+    job = session.scalars(
+        select(Job)
+        .where(
+            Job.state == "waiting",
+            Job.claimed_by.is_(None),
+            Job.task.in_(list(tasks)),
+            Job.proc <= proc,
+            Job.mem <= mem,
+        )
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).first()
+    if job is None:
+        return None
+    key = make_key()
+    job.key_digest = hash_key(key)
+    job.claimed_by = runner
+    job.claimed_at = utcnow()
+    session.flush()
+    return NewJob(job=job, key=key)
+
+
+# Operator and runner tokens
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A token just made, and its secret, which is never shown again."""
+
+    token: ApiToken
+    secret: str
+
+
+def create_token(session: Session, *, name: str, role: str) -> NewToken:
+    """Make a bearer token for a role; names are unique, revoked ones included."""
+    begin_write(session)
+    if session.scalars(select(ApiToken.id).where(ApiToken.name == name)).first() is not None:
+        raise Conflict(f"A token named {name!r} already exists")
+    secret = make_token(role)
+    token = ApiToken(name=name, role=role, token_digest=hash_key(secret), created_at=utcnow())
+    session.add(token)
+    session.flush()
+    return NewToken(token=token, secret=secret)
+
+
+def list_tokens(session: Session) -> Sequence[ApiToken]:
+    """Every token, oldest first, revoked ones included."""
+    return session.scalars(select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)).all()
+
+
+def revoke_token(session: Session, name: str) -> bool:
+    """Revoke a token by name at once; False if it was already revoked."""
+    begin_write(session)
+    token = session.scalars(select(ApiToken).where(ApiToken.name == name)).first()
+    if token is None:
+        raise NotFound(f"No token named {name!r}")
+    if token.revoked_at is not None:
+        return False
+    token.revoked_at = utcnow()
+    session.flush()
+    return True
+
+
+def find_token(session: Session, secret: str) -> ApiToken | None:
+    """The active token whose secret this is, or None. Job keys never match."""
+    if not looks_like_token(secret):
+        return None
+    digest = hash_key(secret)
+    token = session.scalars(select(ApiToken).where(ApiToken.token_digest == digest)).first()
+    if token is None or token.revoked_at is not None:
+        return None
+    # The lookup was by digest; compare once more in constant time all the same.
+    return token if hmac.compare_digest(token.token_digest, digest) else None

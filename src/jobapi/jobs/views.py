@@ -1,25 +1,41 @@
-"""Routes of the jobs blueprint; ``authenticate_job`` has already put the job on ``g``."""
+"""Routes of the jobs blueprint. The ``authenticate`` hook has already admitted the caller
+(and put the job on ``g`` for a job's own requests); views load input, call the service,
+commit, and dump output."""
 
 from __future__ import annotations
 
-from flask import g, request
+from flask import g, request, url_for
 
 from .. import service
-from ..auth import IDEMPOTENCY_HEADER, valid_idempotency_key
+from ..auth import IDEMPOTENCY_HEADER, allow, valid_idempotency_key
 from ..errors import InvalidInput, NotFound
 from ..extensions import db
 from ..payload import json_object
-from ..schemas import format_timestamp, job_out_schema, status_in_schema, status_out_schema
+from ..schemas import (
+    claim_schema,
+    format_timestamp,
+    job_create_schema,
+    job_list_query_schema,
+    job_out_schema,
+    job_page_schema,
+    remove_query_schema,
+    status_in_schema,
+    status_out_schema,
+)
 from . import bp
+
+# A job's own routes (HTTP Basic job key), which operators may read too.
 
 
 @bp.get("/jobs/<job_id>")
+@allow(job=True, roles=["operator"])
 def get_job(job_id: str):
     """The job's full document with every status record, oldest first."""
     return job_out_schema.dump(g.job)
 
 
 @bp.post("/jobs/<job_id>/status")
+@allow(job=True)
 def push_status(job_id: str):
     """Append a status record to the job, if its state allows the move.
 
@@ -41,7 +57,7 @@ def push_status(job_id: str):
         g.locked_job = service.lock_job(db.session, job_id, idempotency_key=idempotency_key)
         g.job = g.locked_job.job
         if g.job is None:
-            raise NotFound()
+            raise NotFound() from None
         push = service.push_status(
             db.session, g.locked_job, idempotency_key=idempotency_key, **data
         )
@@ -50,8 +66,78 @@ def push_status(job_id: str):
 
 
 @bp.put("/jobs/<job_id>/ping")
+@allow(job=True)
 def ping(job_id: str):
     """Record a heartbeat: the job is still alive. Any body is ignored."""
     pinged_at = service.ping_job(db.session, g.job)
     db.session.commit()
     return {"state": g.job.state, "pinged_at": format_timestamp(pinged_at)}
+
+
+# Operators (bearer token, role operator)
+
+
+def _query(schema):
+    return schema.load(request.args.to_dict(flat=True))
+
+
+def _new_job_document(new: service.NewJob) -> dict:
+    return {**job_out_schema.dump(new.job), "key": new.key}
+
+
+@bp.post("/jobs")
+@allow(roles=["operator"])
+def create_job():
+    """Make a job; the answer carries its key, shown only this once."""
+    data = job_create_schema.load(json_object())
+    new = service.create_job(db.session, **data)
+    db.session.commit()
+    return _new_job_document(new), 201, {"Location": url_for("jobs.get_job", job_id=new.job.id)}
+
+
+@bp.get("/jobs")
+@allow(roles=["operator"])
+def list_jobs():
+    """Jobs newest first with their current state, a page at a time."""
+    query = _query(job_list_query_schema)
+    try:
+        page = service.list_jobs(db.session, **query)
+    except service.InvalidCursor:
+        raise InvalidInput(errors={"cursor": ["Not a cursor this service made."]}) from None
+    return job_page_schema.dump(page)
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@allow(roles=["operator"])
+def cancel_job(job_id: str):
+    """Cancel a waiting or running job; cancelling a cancelled job answers its record again."""
+    outcome = service.cancel_job(db.session, job_id)
+    db.session.commit()
+    g.job = outcome.job
+    return status_out_schema.dump(outcome.record)
+
+
+@bp.delete("/jobs/<job_id>")
+@allow(roles=["operator"])
+def remove_job(job_id: str):
+    """Delete a finished job and its records (any job with ``?force=true``)."""
+    query = _query(remove_query_schema)
+    service.remove_job(db.session, job_id, force=query["force"])
+    db.session.commit()
+    return "", 204
+
+
+# Runners (bearer token, role runner)
+
+
+@bp.post("/jobs/claim")
+@allow(roles=["runner"])
+def claim_job():
+    """Hand the runner the oldest waiting job it can run, with a fresh key; 204 if none."""
+    data = claim_schema.load(json_object())
+    new = service.claim_job(db.session, runner=g.token.name, **data)
+    if new is None:
+        db.session.rollback()
+        return "", 204
+    db.session.commit()
+    return _new_job_document(new)
