@@ -5,6 +5,18 @@ Every setting can be overridden by the environment variable named beside it.
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+
+# Metrics in prometheus_client's multiprocess mode: every worker writes its
+# values to files in this directory, and a scrape of any worker adds them
+# all up. The variable must be set before a worker imports prometheus_client,
+# hence here, in the master, as this file is read. A directory made here is
+# fresh for this server, and removed when it exits; one given is used as is.
+METRICS_DIRECTORY_MADE = "JOBAPI_METRICS_DIRECTORY_MADE"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jobapi-metrics-")
+    os.environ[METRICS_DIRECTORY_MADE] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 
@@ -30,3 +42,24 @@ control_socket_disable = True
 accesslog = os.environ.get("ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+
+# gunicorn's own lines in the app's format (LOG_FORMAT: text or json), on
+# stderr with the app's one line per request. gunicorn's access log would
+# repeat those lines, so it is off unless ACCESS_LOG names a file (or -).
+from jobapi.logs import logging_config  # noqa: E402
+
+logconfig_dict = logging_config(os.environ.get("LOG_FORMAT"), loglevel, accesslog)
+
+
+def child_exit(server, worker):
+    """A worker has exited: its live values leave the metrics (its counts stay)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """The server stops: remove the metrics directory it made."""
+    made = os.environ.get(METRICS_DIRECTORY_MADE)
+    if made and made == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(made, ignore_errors=True)

@@ -204,6 +204,11 @@ def start_gunicorn(database_url: str, log_path: Path, workers: int = 2, threads:
         **(extra_env or {}),
     }
     env.pop("DB_POOL_SIZE", None)
+    # Each server logs in the default format and keeps metrics of its own,
+    # whatever the developer's shell says.
+    for variable in ("LOG_FORMAT", "PROMETHEUS_MULTIPROC_DIR"):
+        if variable not in (extra_env or {}):
+            env.pop(variable, None)
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],

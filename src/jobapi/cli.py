@@ -20,6 +20,7 @@ from .schemas import (
     job_out_schema,
     job_summary_schema,
 )
+from .terminal import progress_cell, watch_job
 
 
 def _fail(message: str) -> None:
@@ -106,7 +107,7 @@ def list_command(state: str | None, task: str | None, user: str | None, limit: i
         rows.append((
             job.id,
             job.state,
-            f"{job.progress:>3}%",
+            progress_cell(job.progress),
             job.stage or "-",
             job.task,
             job.user_id,
@@ -175,6 +176,28 @@ def reap_command(timeout: float) -> None:
     for item in reaped:
         click.echo(f"Reaped job {item.job.id} ({item.job.task}): {item.record.error}")
     click.echo(f"{len(reaped)} job(s) reaped")
+
+
+@jobs_cli.command("watch")
+@click.argument("job_id")
+@click.option(
+    "--interval", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between looks at the job.",
+)
+@with_appcontext
+def watch_command(job_id: str, interval: float) -> None:
+    """Show a job's stage and progress until it finishes: exit 0 if it completes, else 1."""
+    try:
+        watched = watch_job(db.session, job_id, interval)
+    except APIError as error:
+        _fail(error.message)
+    record = watched.record
+    if record.state == "error":
+        click.echo(f"Job {job_id} failed at stage {record.stage or '-'}: {record.error}", err=True)
+        click.get_current_context().exit(1)
+    if record.state == "cancelled":
+        click.echo(f"Job {job_id} was cancelled at stage {record.stage or '-'}", err=True)
+        click.get_current_context().exit(1)
 
 
 @jobs_cli.command("remove")

@@ -1,0 +1,240 @@
+"""A worker's client for its own job: read it, push its status, send heartbeats.
+
+::
+
+    from jobapi.client import JobCancelled, JobClient
+
+    client = JobClient("http://127.0.0.1:8000", job_id, key)
+    job = client.get()
+    client.push("running", "bowtie_build", 40)
+    client.ping()
+
+Retries are urllib3's ``Retry`` mounted on a ``requests`` session: connection
+errors, read errors, 502, 503 and 504 are tried again with exponential
+backoff, honouring ``Retry-After``. Pushes are retried too: each carries a
+fresh ``Idempotency-Key``, and a retry resends the same prepared request with
+the same key, so the service stores the record once however often it is sent.
+Answers the service refuses become the exceptions below.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+__all__ = [
+    "JobAPIError",
+    "Unauthorized",
+    "InsufficientRights",
+    "NotFound",
+    "Conflict",
+    "JobFinished",
+    "JobCancelled",
+    "InvalidInput",
+    "ServiceUnavailable",
+    "JobClient",
+]
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+JOB_STATE_HEADER = "Job-State"
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Every method the client sends may be retried: GET reads, PUT ping is a
+# heartbeat, and each POST push carries its Idempotency-Key.
+RETRY_METHODS = frozenset({"GET", "POST", "PUT"})
+
+
+class JobAPIError(Exception):
+    """An answer the service refused, or no answer at all; the base of the client's errors."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_id: str | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_id = error_id
+        self.body = body or {}
+
+
+class Unauthorized(JobAPIError):
+    """401: the key is wrong, or the job finished long enough ago that its key has expired."""
+
+
+class InsufficientRights(JobAPIError):
+    """403: the credentials belong to another job than the one asked for."""
+
+
+class NotFound(JobAPIError):
+    """404: no such job (never made, or removed)."""
+
+
+class Conflict(JobAPIError):
+    """409: the job's state refuses the change; ``state`` names the job's state."""
+
+    def __init__(self, message: str, *, state: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.state = state
+
+
+class JobFinished(Conflict):
+    """409: the job is complete, has errored or was cancelled; nothing more may be pushed."""
+
+
+class JobCancelled(JobFinished):
+    """409: an operator cancelled the job; the worker should stop its work."""
+
+
+class InvalidInput(JobAPIError):
+    """422: a field breaks a rule; ``errors`` maps each field to its messages."""
+
+    def __init__(self, message: str, *, errors: dict[str, list[str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.errors = errors or {}
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.errors}" if self.errors else self.message
+
+
+class ServiceUnavailable(JobAPIError):
+    """503 (or 502, 504, no connection) once every retry is spent; try again later."""
+
+
+_ERRORS_BY_STATUS: dict[int, type[JobAPIError]] = {
+    401: Unauthorized,
+    403: InsufficientRights,
+    404: NotFound,
+    422: InvalidInput,
+    502: ServiceUnavailable,
+    503: ServiceUnavailable,
+    504: ServiceUnavailable,
+}
+
+FINAL_STATES = frozenset({"complete", "error", "cancelled"})
+
+
+def default_retry(retries: int, backoff_factor: float) -> Retry:
+    """The retry policy of a client: ``retries`` attempts after the first, backing off."""
+    return Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        other=0,
+        redirect=0,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=RETRY_METHODS,
+        backoff_factor=backoff_factor,
+        backoff_max=30,
+        respect_retry_after_header=True,
+        # The last answer is returned, and becomes a typed error below.
+        raise_on_status=False,
+    )
+
+
+class JobClient:
+    """One job's client: ``get()`` its document, ``push()`` status records, ``ping()``.
+
+    ``state`` is the job's state as the service last reported it (the
+    ``Job-State`` header of every answer), ``None`` before the first call.
+    A worker checks it, or catches ``JobCancelled``, to learn that an
+    operator cancelled its job.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        job_id: str,
+        key: str,
+        *,
+        timeout: float = 10.0,
+        retries: int = 5,
+        backoff_factor: float = 0.5,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.job_id = job_id
+        self.timeout = timeout
+        self.state: str | None = None
+        self.session = requests.Session()
+        self.session.auth = (f"job-{job_id}", key)
+        self.session.headers["Accept"] = "application/json"
+        adapter = HTTPAdapter(max_retries=default_retry(retries, backoff_factor))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    @classmethod
+    def from_environment(cls, **kwargs: Any) -> JobClient:
+        """A client for ``JOBAPI_URL``, ``JOB_ID`` and ``JOB_KEY`` from the environment."""
+        return cls(os.environ["JOBAPI_URL"], os.environ["JOB_ID"], os.environ["JOB_KEY"], **kwargs)
+
+    def get(self) -> dict[str, Any]:
+        """The job's document: task, args, proc, mem, user and every status record."""
+        return self._request("GET", f"/api/jobs/{self.job_id}")
+
+    def push(
+        self, state: str, stage: str, progress: int, error: str | None = None
+    ) -> dict[str, Any]:
+        """Append a status record and return it as stored; raises ``JobCancelled`` once cancelled."""
+        body: dict[str, Any] = {"state": state, "stage": stage, "progress": progress}
+        if error is not None:
+            body["error"] = error
+        # One key per push, sent again unchanged by every retry of it.
+        headers = {IDEMPOTENCY_HEADER: str(uuid.uuid4())}
+        return self._request("POST", f"/api/jobs/{self.job_id}/status", json=body, headers=headers)
+
+    def ping(self) -> dict[str, Any]:
+        """Tell the service the job is still alive (a heartbeat); raises ``JobCancelled`` once cancelled."""
+        return self._request("PUT", f"/api/jobs/{self.job_id}/ping")
+
+    def close(self) -> None:
+        """Close the client's pooled connections."""
+        self.session.close()
+
+    def __enter__(self) -> JobClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self.session.request(
+                method, self.base_url + path, timeout=self.timeout, **kwargs
+            )
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise ServiceUnavailable(f"No answer from {self.base_url}: {error}") from error
+        self.state = response.headers.get(JOB_STATE_HEADER, self.state)
+        if response.ok:
+            return response.json()
+        raise _error_for(response)
+
+
+def _error_for(response: requests.Response) -> JobAPIError:
+    """The typed error for a refused answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    message = str(body.get("message") or response.reason or f"HTTP {response.status_code}")
+    common = {"status": response.status_code, "error_id": body.get("id"), "body": body}
+    if response.status_code == 409:
+        state = body.get("state") or response.headers.get(JOB_STATE_HEADER)
+        if state == "cancelled":
+            return JobCancelled(message, state=state, **common)
+        if state in FINAL_STATES:
+            return JobFinished(message, state=state, **common)
+        return Conflict(message, state=state, **common)
+    if response.status_code == 422:
+        return InvalidInput(message, errors=body.get("errors"), **common)
+    return _ERRORS_BY_STATUS.get(response.status_code, JobAPIError)(message, **common)

@@ -1,0 +1,87 @@
+"""One measure of every request, written as one log line and counted in the metrics."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+
+from flask import Flask, Response, g, request
+from sqlalchemy import inspect
+
+from . import metrics
+from .logs import FIELDS_ATTRIBUTE, init_app_logging
+from .service import is_job_id
+
+request_log = logging.getLogger("jobapi.request")
+
+# The view whose successful answers are status records a job stored.
+PUSH_ENDPOINT = "jobs.push_status"
+
+
+def init_observability(app: Flask) -> None:
+    """Log and count every request the app answers, and serve ``/metrics``."""
+    init_app_logging(app)
+    app.before_request(_start_clock)
+    app.after_request(_observe_request)
+    app.register_blueprint(metrics.bp)
+
+
+def _start_clock() -> None:
+    g.request_started = time.perf_counter()
+
+
+def _job_id() -> str | None:
+    """The job the request is about: the one authenticated, else the path's if it looks like one."""
+    job = g.get("job")
+    if job is not None:
+        # From the identity map, not the row: after a rollback (a 503) the
+        # object is expired, and reading an attribute would query again.
+        identity = inspect(job).identity
+        if identity:
+            return identity[0]
+    candidate = (request.view_args or {}).get("job_id")
+    # Anything else in that path segment is the client's text, kept out of the logs.
+    return candidate if isinstance(candidate, str) and is_job_id(candidate) else None
+
+
+def _stored_push_state(response: Response) -> str | None:
+    """The state of the record a push stored, or None (not a push, refused, or a replayed retry)."""
+    if request.endpoint != PUSH_ENDPOINT or response.status_code != 200:
+        return None
+    if getattr(g.get("locked_job"), "replay", None) is not None:
+        return None
+    body = response.get_json(silent=True)
+    return body.get("state") if isinstance(body, dict) else None
+
+
+@functools.lru_cache(maxsize=256)
+def _route_name(rule: str) -> str:
+    """A rule as people write it: ``/api/jobs/<job_id>``, without converter names."""
+    return re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"<\1>", rule)
+
+
+def _observe_request(response: Response) -> Response:
+    started = g.get("request_started")
+    seconds = time.perf_counter() - started if started is not None else 0.0
+    route = _route_name(request.url_rule.rule) if request.url_rule is not None else None
+    status = response.status_code
+    metrics.observe_request(route, request.method, status, seconds)
+    pushed = _stored_push_state(response)
+    if pushed is not None:
+        metrics.count_push(pushed)
+    fields = {
+        "method": request.method,
+        "route": route,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 1),
+        "job_id": _job_id(),
+        "request_id": g.get("request_id"),
+    }
+    # The formatter adds the job and request ids (logs.py).
+    request_log.info(
+        "%s %s %s %.1fms", request.method, route or "-", status, seconds * 1000,
+        extra={FIELDS_ATTRIBUTE: fields},
+    )
+    return response

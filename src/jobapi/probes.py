@@ -1,0 +1,102 @@
+"""Probes for an orchestrator: ``/healthz`` (the process answers) and ``/readyz`` (it can serve).
+
+Both are unauthenticated and cheap. ``/readyz`` is ready when the database
+answers and its migrations are at the head of ``migrations/``; the head is
+read from the migration scripts once, when the app is made.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from flask import Blueprint, Flask, current_app
+from sqlalchemy import inspect, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from .errors import error_response
+from .extensions import db
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("probes", __name__)
+
+# app.extensions key: the revision ids at the head of the app's migrations.
+HEADS_EXTENSION = "jobapi.migration_heads"
+
+
+def init_probes(app: Flask) -> None:
+    """Read the head revisions of the app's migrations and register the probe routes."""
+    directory = app.extensions["migrate"].directory
+    try:
+        heads = frozenset(ScriptDirectory(directory).get_heads())
+    except CommandError as error:
+        # Without its migrations the app still serves; it is just never ready.
+        log.warning("no migrations at %s (%s): /readyz will answer 503", directory, error)
+        heads = frozenset()
+    app.extensions[HEADS_EXTENSION] = heads
+    app.register_blueprint(bp)
+
+
+def database_revisions(session: Session) -> frozenset[str] | None:
+    """The revisions the database is migrated to; None if it never was.
+
+    Raises SQLAlchemy's errors when the database cannot answer.
+    """
+    try:
+        return frozenset(session.scalars(text("SELECT version_num FROM alembic_version")))
+    except sa_exc.DBAPIError:
+        # A missing table and a lost connection can be the same error class
+        # (SQLite says OperationalError for both): ask the catalog which.
+        session.rollback()
+        if not inspect(session.connection()).has_table("alembic_version"):
+            return None
+        raise
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is up and answering; touches nothing else."""
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready to serve: the database answers and its migrations are at head; else 503."""
+    heads = current_app.extensions[HEADS_EXTENSION]
+    try:
+        current = database_revisions(db.session)
+    except sa_exc.SQLAlchemyError as error:
+        log.warning("not ready: database unavailable: %s", _first_line(error))
+        return _not_ready("Database unavailable", database="unavailable", migrations="unknown")
+    finally:
+        db.session.rollback()
+    if current is None:
+        return _not_ready("Database has no migrations applied", database="ok", migrations="none")
+    if not heads or current != heads:
+        return _not_ready(
+            f"Database migrations at {_revisions(current)}, the code's head is {_revisions(heads)}",
+            database="ok",
+            migrations="not_at_head",
+        )
+    return {"status": "ready", "database": "ok", "migrations": "head"}
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _revisions(revisions: frozenset[str]) -> str:
+    return ", ".join(sorted(revisions)) or "none"
+
+
+def _not_ready(message: str, **details: str):
+    return error_response(
+        503,
+        "service_unavailable",
+        message,
+        {"Retry-After": str(current_app.config["RETRY_AFTER_SECONDS"])},
+        **details,
+    )
