@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from flask import request
@@ -15,14 +16,27 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # 1e400 is valid JSON syntax, but overflows to an infinity that JSON cannot write back.
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def loads_strict(text: str | bytes) -> Any:
-    """Parse JSON, refusing NaN and Infinity; ``ValueError`` when it is not JSON."""
+    """Parse JSON, refusing NaN, Infinity, numbers out of a float's range and lone surrogates;
+    ``ValueError`` when it is not JSON."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        # An escaped lone surrogate ("\ud800") parses, but is no Unicode text: it cannot be
+        # encoded, so no database could store it (UnicodeEncodeError is a ValueError).
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    return value
 
 
 def json_object() -> dict[str, Any]:
