@@ -59,6 +59,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(jobs_bp, url_prefix="/api")
 
+    from .observability import init_observability
+    from .probes import init_probes
+
+    init_observability(app)
+    init_probes(app)
+
+    # Last of the routes: the OpenAPI document describes those registered before it.
+    from .openapi import init_openapi
+
+    init_openapi(app)
+
     from .cli import jobs_cli, tokens_cli
 
     app.cli.add_command(jobs_cli)

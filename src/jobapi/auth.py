@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from flask import current_app, g, request
+from sqlalchemy import inspect
 
 from . import service
 from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, InsufficientRights, NotFound, Unauthorized
@@ -130,8 +131,13 @@ def _authenticate_job() -> None:
 
 
 def add_job_state(response):
-    """After every request that reached a job: tell the caller the job's current state."""
+    """After every request that reached a job: tell the caller the job's current state.
+
+    The state is read from what is loaded, never with a query: after a
+    rollback (a 503, say) the job is expired and the database may be gone.
+    """
     job = g.get("job")
-    if job is not None:
-        response.headers["Job-State"] = job.state
+    state = inspect(job).dict.get("state") if job is not None else None
+    if state is not None:
+        response.headers["Job-State"] = state
     return response

@@ -18,6 +18,8 @@ DEFAULTS: dict[str, Any] = {
     # Milliseconds a PostgreSQL statement (or a lock wait) may take; with the
     # connect timeout, a request on a sick database answers 503 within 5 s.
     "DB_STATEMENT_TIMEOUT_MS": 2500,
+    # Test each pooled connection with a round trip before use (see storage.py).
+    "DB_POOL_PRE_PING": False,
     # Connections kept per process; gunicorn.conf.py sizes it to its threads.
     "DB_POOL_SIZE": 5,
     # Seconds a SQLite writer waits for the write lock before giving up.
@@ -26,7 +28,30 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER_SECONDS": 5,
     # Seconds a finished job's key still reads the job and replays its last push.
     "JOB_KEY_GRACE_SECONDS": 600,
+    # "text" (gunicorn's line format) or "json" (one object a line); see logs.py.
+    "LOG_FORMAT": "text",
 }
+
+LOG_FORMATS = ("text", "json")
+
+
+def log_format(value: str) -> str:
+    """A ``LOG_FORMAT`` value, checked: ``text`` or ``json``."""
+    value = value.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"not one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
+def parse_bool(value: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean")
+
 
 # Environment variable -> (config key, parser).
 ENVIRONMENT: dict[str, tuple[str, Any]] = {
@@ -34,9 +59,11 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "DB_CONNECT_TIMEOUT": ("DB_CONNECT_TIMEOUT", int),
     "DB_STATEMENT_TIMEOUT_MS": ("DB_STATEMENT_TIMEOUT_MS", int),
     "DB_POOL_SIZE": ("DB_POOL_SIZE", int),
+    "DB_POOL_PRE_PING": ("DB_POOL_PRE_PING", parse_bool),
     "SQLITE_BUSY_TIMEOUT": ("SQLITE_BUSY_TIMEOUT", int),
     "JOB_KEY_GRACE_SECONDS": ("JOB_KEY_GRACE_SECONDS", float),
     "RETRY_AFTER_SECONDS": ("RETRY_AFTER_SECONDS", int),
+    "LOG_FORMAT": ("LOG_FORMAT", log_format),
 }
 
 

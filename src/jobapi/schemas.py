@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from collections.abc import Iterable
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -20,7 +21,11 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def format_timestamp(value: datetime) -> str:
     """ISO 8601 in UTC with microseconds and ``Z``: ``2018-02-06T22:16:15.637000Z``."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat is several times cheaper than strftime, and a long history
+    # formats one timestamp per record.
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _no_nul(value: str) -> None:
@@ -45,23 +50,34 @@ def _validate_args(value: dict[str, Any]) -> None:
         raise ValidationError(f"Longer than {MAX_ARGS_BYTES} bytes as JSON.")
 
 
+def _json_integer(value: Any) -> int | None:
+    """A JSON number that is an integer, as an int: ``40`` and ``40.0`` alike (JSON and JSON
+    Schema do not tell them apart); None for a fraction, a boolean or anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 class Progress(fields.Field):
     """An integer percentage; also a string of ASCII digits, never a fraction or boolean."""
 
     default_error_messages = {"invalid": "Not a valid integer."}
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> int:
-        if isinstance(value, bool):
-            raise self.make_error("invalid")
-        if isinstance(value, int):
-            return value
+        number = _json_integer(value)
+        if number is not None:
+            return number
         if isinstance(value, str) and _DIGITS.fullmatch(value) and len(value) <= 10:
             return int(value)
         raise self.make_error("invalid")
 
 
 class StrictInteger(fields.Integer):
-    """A JSON integer: no booleans, fractions or numeric strings."""
+    """A JSON integer (``4`` or ``4.0``): no booleans, fractions or numeric strings."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(strict=True, **kwargs)
@@ -69,7 +85,8 @@ class StrictInteger(fields.Integer):
     def _validated(self, value: Any) -> int:
         if isinstance(value, bool):
             raise self.make_error("invalid")
-        return super()._validated(value)
+        number = _json_integer(value)
+        return super()._validated(value if number is None else number)
 
 
 class StatusInSchema(Schema):
@@ -116,13 +133,23 @@ class JobCreateSchema(Schema):
     user = UserId(required=True, validate=[validate.Length(min=1, max=64), _no_nul])
 
 
+class QueryInteger(fields.Integer):
+    """An integer in a query string: ASCII digits, maybe after a minus sign, and nothing else
+    (``int()`` would also take `` 5 ``, ``1_0`` and other scripts' digits)."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, str) and not re.fullmatch(r"-?[0-9]+", value):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
 class JobListQuerySchema(Schema):
     """The query string of ``GET /api/jobs``."""
 
     state = fields.String(validate=validate.OneOf(STATES))
     task = fields.String(validate=_task_name)
     user = fields.String(validate=[validate.Length(min=1, max=64), _no_nul])
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=100))
+    limit = QueryInteger(load_default=50, validate=validate.Range(min=1, max=100))
     cursor = fields.String(validate=[validate.Length(min=1, max=200), _no_nul])
 
 
@@ -142,41 +169,70 @@ class ClaimSchema(Schema):
     mem = StrictInteger(required=True, validate=validate.Range(min=1, max=MAX_INT32))
 
 
+# Output schemas. Their validators never run on dump; they state what the
+# answers hold, for the OpenAPI document (jobapi.openapi).
+
+JOB_ID_PATTERN = r"[a-z0-9]{8}\Z"
+_job_id = validate.Regexp(JOB_ID_PATTERN)
+_state = validate.OneOf(STATES)
+_percent = validate.Range(min=0, max=100)
+
+
+class Timestamp(fields.Field):
+    """A server-made time, written as ``2018-02-06T22:16:15.637000Z`` (SPEC 1.3)."""
+
+    def _serialize(self, value: datetime | None, attr, obj, **kwargs) -> str | None:
+        return None if value is None else format_timestamp(value)
+
+
+class UserRef(fields.Field):
+    """Who a job runs for, as the documents show it: ``{"id": "igboyes"}``."""
+
+    def _serialize(self, value: str | None, attr, obj, **kwargs) -> dict[str, str] | None:
+        return None if value is None else {"id": value}
+
+
 class StatusOutSchema(Schema):
     """A stored status record as the API shows it."""
 
-    state = fields.String()
+    state = fields.String(validate=_state)
     stage = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
-    progress = fields.Integer()
-    timestamp = fields.Function(lambda record: format_timestamp(record.timestamp))
+    progress = fields.Integer(validate=_percent)
+    timestamp = Timestamp()
 
 
 class JobOutSchema(Schema):
     """The full job document (SPEC 1.1)."""
 
-    id = fields.String()
+    id = fields.String(validate=_job_id)
     task = fields.String()
-    args = fields.Raw()
+    args = fields.Dict(keys=fields.String())
     proc = fields.Integer()
     mem = fields.Integer()
-    user = fields.Function(lambda job: {"id": job.user_id})
+    user = UserRef(attribute="user_id")
     status = fields.List(fields.Nested(StatusOutSchema), attribute="statuses")
+
+
+class NewJobSchema(JobOutSchema):
+    """A job just made or claimed: its document and its key, shown this once."""
+
+    key = fields.String(validate=validate.Regexp(r"[0-9a-f]{64}\Z"))
 
 
 class JobSummarySchema(Schema):
     """A job in a list: its current state, not its history."""
 
-    id = fields.String()
+    id = fields.String(validate=_job_id)
     task = fields.String()
-    user = fields.Function(lambda job: {"id": job.user_id})
+    user = UserRef(attribute="user_id")
     proc = fields.Integer()
     mem = fields.Integer()
-    state = fields.String()
+    state = fields.String(validate=_state)
     stage = fields.String(allow_none=True)
-    progress = fields.Integer()
-    created_at = fields.Function(lambda job: format_timestamp(job.created_at))
-    updated_at = fields.Function(lambda job: format_timestamp(job.updated_at))
+    progress = fields.Integer(validate=_percent)
+    created_at = Timestamp()
+    updated_at = Timestamp()
     claimed_by = fields.String(allow_none=True)
 
 
@@ -187,12 +243,62 @@ class JobPageSchema(Schema):
     next_cursor = fields.String(allow_none=True)
 
 
+class PingSchema(Schema):
+    """The answer to a heartbeat: the job's state and when the ping was recorded."""
+
+    state = fields.String(validate=_state)
+    pinged_at = Timestamp()
+
+
+class ErrorMessages(fields.Dict):
+    """Validation messages by field (or header): a list of messages, or nested by key or index."""
+
+
+class ErrorSchema(Schema):
+    """The error envelope of every error (SPEC 3)."""
+
+    id = fields.String(required=True)
+    message = fields.String(required=True)
+    errors = ErrorMessages(keys=fields.String())
+    state = fields.String(validate=_state)
+
+
 status_in_schema = StatusInSchema()
 job_create_schema = JobCreateSchema()
 status_out_schema = StatusOutSchema()
 job_out_schema = JobOutSchema()
+new_job_schema = NewJobSchema()
 job_summary_schema = JobSummarySchema()
 job_page_schema = JobPageSchema()
 job_list_query_schema = JobListQuerySchema()
 remove_query_schema = RemoveQuerySchema()
 claim_schema = ClaimSchema()
+ping_schema = PingSchema()
+
+
+# The documents of the hot paths, built directly. The schemas above stay the
+# contract (and the OpenAPI source); tests check these give what they dump.
+
+
+def status_document(record: Any) -> dict[str, Any]:
+    """A status record (mapped object or row) as ``StatusOutSchema`` dumps it."""
+    return {
+        "state": record.state,
+        "stage": record.stage,
+        "error": record.error,
+        "progress": record.progress,
+        "timestamp": format_timestamp(record.timestamp),
+    }
+
+
+def job_document(job: Any, records: Iterable[Any]) -> dict[str, Any]:
+    """The job document as ``JobOutSchema`` dumps it, from the job and its records in order."""
+    return {
+        "id": job.id,
+        "task": job.task,
+        "args": job.args,
+        "proc": job.proc,
+        "mem": job.mem,
+        "user": {"id": job.user_id},
+        "status": [status_document(record) for record in records],
+    }

@@ -16,12 +16,13 @@ import secrets
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .errors import Conflict, InvalidInput, NotFound
 from .keys import hash_key, looks_like_token, make_key, make_token
@@ -85,6 +86,7 @@ def lock_job(session: Session, job_id: str, *, idempotency_key: str | None = Non
     if idempotency_key is None:
         job = session.scalars(
             select(Job)
+            .options(defer(Job.args))  # a write never needs the arguments
             .where(Job.id == job_id)
             .with_for_update()
             .execution_options(populate_existing=True)
@@ -92,6 +94,7 @@ def lock_job(session: Session, job_id: str, *, idempotency_key: str | None = Non
         return LockedJob(job=job)
     row = session.execute(
         select(Job, JobStatus)
+        .options(defer(Job.args))
         .outerjoin(
             JobStatus,
             and_(JobStatus.job_id == Job.id, JobStatus.idempotency_key == idempotency_key),
@@ -197,27 +200,38 @@ def append_status(
     the machines serving it disagree.
     """
     timestamp = max(utcnow(), job.updated_at)
-    job.status_count += 1
-    record = JobStatus(
-        job_id=job.id,
-        seq=job.status_count,
-        state=state,
-        stage=stage,
-        error=error,
-        progress=progress,
-        timestamp=timestamp,
-        idempotency_key=idempotency_key,
-        request_digest=(
+    values = {
+        "job_id": job.id,
+        "seq": job.status_count + 1,
+        "state": state,
+        "stage": stage,
+        "error": error,
+        "progress": progress,
+        "timestamp": timestamp,
+        "idempotency_key": idempotency_key,
+        "request_digest": (
             request_digest(state, stage, progress, error) if idempotency_key else None
         ),
+    }
+    current = {
+        "state": state,
+        "stage": stage,
+        "progress": progress,
+        "updated_at": timestamp,
+        "status_count": values["seq"],
+    }
+    # Two plain statements rather than a unit-of-work flush: a push is the
+    # most frequent write, and its row lock is held until commit.
+    session.execute(insert(JobStatus).values(**values))
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(**current)
+        .execution_options(synchronize_session=False)
     )
-    job.state = state
-    job.stage = stage
-    job.progress = progress
-    job.updated_at = timestamp
-    session.add(record)
-    session.flush()
-    return record
+    for name, value in current.items():
+        set_committed_value(job, name, value)
+    return JobStatus(**values)
 
 
 class ConcurrentRetry(Exception):
@@ -380,6 +394,21 @@ def remove_job(session: Session, job_id: str, *, force: bool = False) -> None:
     session.flush()
 
 
+STATUS_FIELDS = ("state", "stage", "error", "progress", "timestamp")
+
+
+def status_history(session: Session, job_id: str) -> Sequence[Any]:
+    """A job's status records, oldest first, as plain rows (one statement, no ORM objects).
+
+    Reading a job is the most frequent request; rows cost a fraction of
+    mapped objects, which matters for jobs with long histories.
+    """
+    columns = [getattr(JobStatus, name) for name in STATUS_FIELDS]
+    return session.execute(
+        select(*columns).where(JobStatus.job_id == job_id).order_by(JobStatus.seq)
+    ).all()
+
+
 def last_status(session: Session, job: Job) -> JobStatus:
     """The job's newest status record."""
     return session.get_one(JobStatus, (job.id, job.status_count))
@@ -401,9 +430,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, job_id = json.loads(raw)
         position = datetime.fromisoformat(created_at)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        if position.tzinfo is None:
+            raise ValueError("naive")
+        position = position.astimezone(UTC)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise InvalidCursor(cursor) from None
-    if position.tzinfo is None or not isinstance(job_id, str) or not is_job_id(job_id):
+    if not isinstance(job_id, str) or not is_job_id(job_id):
         raise InvalidCursor(cursor)
     return position, job_id
 

@@ -15,7 +15,10 @@ WRITE_OPTION = "jobapi_write"
 def engine_options(url: str, config: dict[str, Any]) -> dict[str, Any]:
     """Engine keyword arguments suited to the database the URL names."""
     backend = make_url(url).get_backend_name()
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    # Without pre-ping, a connection the database dropped fails its request
+    # (503) and SQLAlchemy discards the whole pool, so the next request
+    # connects afresh: recovery costs one 503, not a round trip per request.
+    options: dict[str, Any] = {"pool_pre_ping": config["DB_POOL_PRE_PING"]}
     if backend == "postgresql":
         options.update(
             pool_size=config["DB_POOL_SIZE"],

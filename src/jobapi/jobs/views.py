@@ -13,13 +13,16 @@ from ..extensions import db
 from ..payload import json_object
 from ..schemas import (
     claim_schema,
-    format_timestamp,
     job_create_schema,
     job_list_query_schema,
+    job_document,
     job_out_schema,
     job_page_schema,
+    new_job_schema,
+    ping_schema,
     remove_query_schema,
     status_in_schema,
+    status_document,
     status_out_schema,
 )
 from . import bp
@@ -27,14 +30,14 @@ from . import bp
 # A job's own routes (HTTP Basic job key), which operators may read too.
 
 
-@bp.get("/jobs/<job_id>")
+@bp.get("/jobs/<job_id:job_id>")
 @allow(job=True, roles=["operator"])
 def get_job(job_id: str):
     """The job's full document with every status record, oldest first."""
-    return job_out_schema.dump(g.job)
+    return job_document(g.job, service.status_history(db.session, g.job.id))
 
 
-@bp.post("/jobs/<job_id>/status")
+@bp.post("/jobs/<job_id:job_id>/status")
 @allow(job=True)
 def push_status(job_id: str):
     """Append a status record to the job, if its state allows the move.
@@ -62,16 +65,16 @@ def push_status(job_id: str):
             db.session, g.locked_job, idempotency_key=idempotency_key, **data
         )
     db.session.commit()
-    return status_out_schema.dump(push.record)
+    return status_document(push.record)
 
 
-@bp.put("/jobs/<job_id>/ping")
+@bp.put("/jobs/<job_id:job_id>/ping")
 @allow(job=True)
 def ping(job_id: str):
     """Record a heartbeat: the job is still alive. Any body is ignored."""
     pinged_at = service.ping_job(db.session, g.job)
     db.session.commit()
-    return {"state": g.job.state, "pinged_at": format_timestamp(pinged_at)}
+    return ping_schema.dump({"state": g.job.state, "pinged_at": pinged_at})
 
 
 # Operators (bearer token, role operator)
@@ -82,7 +85,10 @@ def _query(schema):
 
 
 def _new_job_document(new: service.NewJob) -> dict:
-    return {**job_out_schema.dump(new.job), "key": new.key}
+    document = new_job_schema.dump(new.job)
+    # The key is no attribute of the job (only its digest is stored): it is shown this once.
+    document["key"] = new.key
+    return document
 
 
 @bp.post("/jobs")
@@ -107,7 +113,7 @@ def list_jobs():
     return job_page_schema.dump(page)
 
 
-@bp.post("/jobs/<job_id>/cancel")
+@bp.post("/jobs/<job_id:job_id>/cancel")
 @allow(roles=["operator"])
 def cancel_job(job_id: str):
     """Cancel a waiting or running job; cancelling a cancelled job answers its record again."""
@@ -117,7 +123,7 @@ def cancel_job(job_id: str):
     return status_out_schema.dump(outcome.record)
 
 
-@bp.delete("/jobs/<job_id>")
+@bp.delete("/jobs/<job_id:job_id>")
 @allow(roles=["operator"])
 def remove_job(job_id: str):
     """Delete a finished job and its records (any job with ``?force=true``)."""

@@ -1,0 +1,27 @@
+"""The hot paths build documents directly; they must be exactly what the schemas dump."""
+
+from __future__ import annotations
+
+from jobapi import service
+from jobapi.extensions import db
+from jobapi.models import Job
+from jobapi.schemas import job_document, job_out_schema, status_document, status_out_schema
+
+
+def test_job_document_matches_schema(app, client, make_job):
+    job = make_job(args={"ref": "hg38", "n": [1, 2]}, proc=3, mem=5)
+    for body in (
+        {"state": "running", "stage": "", "progress": 0},
+        {"state": "running", "stage": "align", "progress": "55"},
+        {"state": "error", "stage": "align", "progress": 55, "error": "disk full"},
+    ):
+        assert client.post(f"/api/jobs/{job.id}/status", json=body, headers=job.auth).status_code == 200
+    with app.app_context():
+        stored = db.session.get(Job, job.id)
+        expected = job_out_schema.dump(stored)
+        rows = service.status_history(db.session, job.id)
+        assert job_document(stored, rows) == expected
+        assert [status_document(r) for r in stored.statuses] == [status_out_schema.dump(r) for r in stored.statuses]
+        assert len(expected["status"]) == 4
+    served = client.get(f"/api/jobs/{job.id}", headers=job.auth).json
+    assert served == expected
