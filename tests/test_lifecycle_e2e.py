@@ -8,12 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from sqlalchemy import update
 
 from conftest import start_gunicorn, stop_gunicorn
 from jobapi import service
 from jobapi.extensions import db
-from jobapi.models import FINAL_STATES, Job
+from jobapi.models import FINAL_STATES
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from . import service
 from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, InsufficientRights, NotFound, Unauthorized
 from .extensions import db
 from .keys import verify_job_key
-from .storage import begin_write
+from .storage import begin_read, begin_write
 
 JOB_USER_PREFIX = "job-"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -70,10 +70,6 @@ def authenticate() -> None:
     """Before every request of the blueprint: admit only the callers the route declares."""
     view = current_app.view_functions.get(request.endpoint or "")
     access: Access = getattr(view, "access", Access())
-    if request.method not in SAFE_METHODS:
-        # Everything the request reads, authentication included, is part of
-        # its write transaction (on SQLite, that takes the write lock now).
-        begin_write(db.session)
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         _authenticate_token(access, credentials.strip())
@@ -83,8 +79,22 @@ def authenticate() -> None:
         raise Unauthorized("Bearer token required", challenge=BEARER_CHALLENGE)
 
 
+def _begin() -> None:
+    """Start the request's database work, just before its first query.
+
+    A request that writes does everything, authentication included, in its
+    write transaction (on SQLite that takes the write lock now); a read
+    needs no transaction on PostgreSQL.
+    """
+    if request.method in SAFE_METHODS:
+        begin_read(db.session)
+    else:
+        begin_write(db.session)
+
+
 def _authenticate_token(access: Access, secret: str) -> None:
     """An operator's or runner's token: known and active (401), of a role the route takes (403)."""
+    _begin()
     token = service.find_token(db.session, secret)
     if token is None:
         # A job's route challenges for the job's own credentials (SPEC 2).
@@ -115,6 +125,7 @@ def _authenticate_job() -> None:
     credential_id, key = job_credentials()
     if job_id is None or credential_id != job_id:
         raise InsufficientRights()
+    _begin()
     if request.method in SAFE_METHODS:
         locked = service.LockedJob(job=service.get_job(db.session, job_id))
     else:

@@ -28,7 +28,7 @@ from marshmallow import Schema, fields, validate
 from werkzeug.routing import Rule
 
 from .auth import IDEMPOTENCY_HEADER, Access
-from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE
+from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, HTTP_ERRORS
 from .models import STATES
 from .schemas import (
     MAX_ARGS_BYTES,
@@ -150,18 +150,22 @@ JSON_VALUE = {
 # Responses
 
 
+# Status -> what it means on these routes; the ids come from the error handlers.
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "The body is not valid JSON, or not a JSON object.",
+    401: "Missing or malformed credentials, a wrong key, an unknown or revoked token.",
+    403: "Another job's credentials, or a token of a role this route does not take.",
+    404: "No such job.",
+    405: "The path exists, the method does not; `Allow` lists the methods.",
+    409: "The job's state refuses it; `state` names the job's state.",
+    413: "The body is larger than the service takes (64 KiB by default).",
+    415: "The body is not `application/json` by its Content-Type.",
+    422: "A field (or header, or query parameter) breaks a rule; `errors` names each.",
+    500: "A bug: logged with the request id, nothing leaked.",
+    503: "The database cannot be reached; try again after `Retry-After` seconds.",
+}
 ERRORS: dict[int, tuple[str, str]] = {
-    400: ("bad_request", "The body is not valid JSON, or not a JSON object."),
-    401: ("unauthorized", "Missing or malformed credentials, a wrong key, an unknown or revoked token."),
-    403: ("insufficient_rights", "Another job's credentials, or a token of a role this route does not take."),
-    404: ("not_found", "No such job."),
-    405: ("method_not_allowed", "The path exists, the method does not; `Allow` lists the methods."),
-    409: ("conflict", "The job's state refuses it; `state` names the job's state."),
-    413: ("payload_too_large", "The body is larger than the service takes (64 KiB by default)."),
-    415: ("unsupported_media_type", "The body is not `application/json` by its Content-Type."),
-    422: ("invalid_input", "A field (or header, or query parameter) breaks a rule; `errors` names each."),
-    500: ("internal_error", "A bug: logged with the request id, nothing leaked."),
-    503: ("service_unavailable", "The database cannot be reached; try again after `Retry-After` seconds."),
+    code: (HTTP_ERRORS[code][0], text) for code, text in ERROR_DESCRIPTIONS.items()
 }
 
 # Response headers: component name -> (header name, header object). Each is
@@ -397,7 +401,6 @@ def _has_validator(obj: fields.Field, validator: Any) -> bool:
 
 def _constraints(converter, obj: fields.Field, **kwargs: Any) -> dict[str, Any]:
     """Attribute function: what jobapi's own fields and validators mean in JSON Schema."""
-    ret: dict[str, Any] = kwargs["ret"]
     out: dict[str, Any] = {}
     regexps = [v for v in obj.validators if isinstance(v, validate.Regexp)]
     if regexps:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -73,6 +73,45 @@ class LockedJob:
     replay: JobStatus | None = None
 
 
+# The statements of the hot paths, built once: only their parameters change.
+_LOCK_JOB = (
+    select(Job)
+    .options(defer(Job.args))  # a write never needs the arguments
+    .where(Job.id == bindparam("job_id"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+_LOCK_JOB_WITH_REPLAY = (
+    select(Job, JobStatus)
+    .options(defer(Job.args))
+    .outerjoin(
+        JobStatus,
+        and_(JobStatus.job_id == Job.id, JobStatus.idempotency_key == bindparam("key")),
+    )
+    .where(Job.id == bindparam("job_id"))
+    .with_for_update(of=Job)
+    .execution_options(populate_existing=True)
+)
+_STATUS_COLUMNS = ("state", "stage", "error", "progress", "timestamp")
+_HISTORY = (
+    select(*(JobStatus.__table__.c[name] for name in _STATUS_COLUMNS))
+    .where(JobStatus.__table__.c.job_id == bindparam("job_id"))
+    .order_by(JobStatus.__table__.c.seq)
+)
+_INSERT_STATUS = JobStatus.__table__.insert()
+_UPDATE_CURRENT = (
+    Job.__table__.update()
+    .where(Job.__table__.c.id == bindparam("job_id"))
+    .values(
+        state=bindparam("new_state"),
+        stage=bindparam("new_stage"),
+        progress=bindparam("new_progress"),
+        updated_at=bindparam("new_updated_at"),
+        status_count=bindparam("new_status_count"),
+    )
+)
+
+
 def lock_job(session: Session, job_id: str, *, idempotency_key: str | None = None) -> LockedJob:
     """The job with this id, its row locked until the transaction ends.
 
@@ -84,24 +123,10 @@ def lock_job(session: Session, job_id: str, *, idempotency_key: str | None = Non
     if not is_job_id(job_id):
         return LockedJob(job=None)
     if idempotency_key is None:
-        job = session.scalars(
-            select(Job)
-            .options(defer(Job.args))  # a write never needs the arguments
-            .where(Job.id == job_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).one_or_none()
+        job = session.scalars(_LOCK_JOB, {"job_id": job_id}).one_or_none()
         return LockedJob(job=job)
     row = session.execute(
-        select(Job, JobStatus)
-        .options(defer(Job.args))
-        .outerjoin(
-            JobStatus,
-            and_(JobStatus.job_id == Job.id, JobStatus.idempotency_key == idempotency_key),
-        )
-        .where(Job.id == job_id)
-        .with_for_update(of=Job)
-        .execution_options(populate_existing=True)
+        _LOCK_JOB_WITH_REPLAY, {"job_id": job_id, "key": idempotency_key}
     ).one_or_none()
     if row is None:
         return LockedJob(job=None)
@@ -222,12 +247,9 @@ def append_status(
     }
     # Two plain statements rather than a unit-of-work flush: a push is the
     # most frequent write, and its row lock is held until commit.
-    session.execute(insert(JobStatus).values(**values))
+    session.execute(_INSERT_STATUS, values)
     session.execute(
-        update(Job)
-        .where(Job.id == job.id)
-        .values(**current)
-        .execution_options(synchronize_session=False)
+        _UPDATE_CURRENT, {"job_id": job.id, **{f"new_{k}": v for k, v in current.items()}}
     )
     for name, value in current.items():
         set_committed_value(job, name, value)
@@ -394,19 +416,13 @@ def remove_job(session: Session, job_id: str, *, force: bool = False) -> None:
     session.flush()
 
 
-STATUS_FIELDS = ("state", "stage", "error", "progress", "timestamp")
-
-
 def status_history(session: Session, job_id: str) -> Sequence[Any]:
     """A job's status records, oldest first, as plain rows (one statement, no ORM objects).
 
     Reading a job is the most frequent request; rows cost a fraction of
     mapped objects, which matters for jobs with long histories.
     """
-    columns = [getattr(JobStatus, name) for name in STATUS_FIELDS]
-    return session.execute(
-        select(*columns).where(JobStatus.job_id == job_id).order_by(JobStatus.seq)
-    ).all()
+    return session.execute(_HISTORY, {"job_id": job_id}).all()
 
 
 def last_status(session: Session, job: Job) -> JobStatus:

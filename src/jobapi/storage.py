@@ -83,3 +83,16 @@ def begin_write(session: Session) -> None:
             return
         raise RuntimeError("begin_write() must start the transaction")
     session.connection(execution_options={WRITE_OPTION: True})
+
+
+def begin_read(session: Session) -> None:
+    """Let a request that only reads run without a transaction on PostgreSQL.
+
+    Its statements then cost no BEGIN and ROLLBACK round trips; each reads
+    committed data. SQLite keeps its (cheap, local) read transaction.
+    """
+    if isinstance(session, scoped_session):
+        session = session()
+    if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
+        return
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})

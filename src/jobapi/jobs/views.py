@@ -16,7 +16,6 @@ from ..schemas import (
     job_create_schema,
     job_list_query_schema,
     job_document,
-    job_out_schema,
     job_page_schema,
     new_job_schema,
     ping_schema,
