@@ -43,6 +43,13 @@ def _validation_message(error: ValidationError) -> str:
     return f"Invalid input: {messages}"
 
 
+def _echo_table(rows: list[tuple[str, ...]]) -> None:
+    """Print rows (the first is the header) in columns aligned by padding."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
 def _print_json(document: Any) -> None:
     click.echo(json.dumps(document))
 
@@ -113,9 +120,7 @@ def list_command(state: str | None, task: str | None, user: str | None, limit: i
             job.user_id,
             format_timestamp(job.created_at)[:19] + "Z",
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    _echo_table(rows)
     if not jobs:
         click.echo("(no jobs)")
 
@@ -252,9 +257,7 @@ def list_tokens_command() -> None:
             format_timestamp(token.created_at)[:19] + "Z",
             format_timestamp(token.revoked_at)[:19] + "Z" if token.revoked_at else "-",
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    _echo_table(rows)
 
 
 @tokens_cli.command("revoke")

@@ -52,8 +52,9 @@ def _stored_push_state(response: Response) -> str | None:
         return None
     if getattr(g.get("locked_job"), "replay", None) is not None:
         return None
-    body = response.get_json(silent=True)
-    return body.get("state") if isinstance(body, dict) else None
+    # The pushed record is now the job's current state: no need to parse the answer.
+    job = g.get("job")
+    return inspect(job).dict.get("state") if job is not None else None
 
 
 @functools.lru_cache(maxsize=256)
