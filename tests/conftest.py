@@ -216,19 +216,25 @@ def start_gunicorn(database_url: str, log_path: Path, workers: int = 2, threads:
     )
     log.close()
     url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_answering(process, url, log_path)
+    except BaseException:
+        stop_gunicorn(process)  # never leave a server behind
+        raise
+    return LiveServer(url=url, process=process, log_path=log_path)
+
+
+def _wait_until_answering(process: subprocess.Popen, url: str, log_path: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError("gunicorn exited:\n" + log_path.read_text(errors="replace"))
         try:
-            requests.get(url + "/api/jobs/none", timeout=5)
-            break
+            requests.get(url + "/healthz", timeout=5)
+            return
         except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)
-    else:
-        stop_gunicorn(process)
-        raise RuntimeError("gunicorn did not answer:\n" + log_path.read_text(errors="replace"))
-    return LiveServer(url=url, process=process, log_path=log_path)
+    raise RuntimeError("gunicorn did not answer:\n" + log_path.read_text(errors="replace"))
 
 
 def stop_gunicorn(process: subprocess.Popen) -> None:
