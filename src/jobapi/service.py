@@ -264,14 +264,6 @@ class ConcurrentRetry(Exception):
     """
 
 
-@dataclass(frozen=True)
-class Push:
-    """The outcome of a push: the record, and whether it was stored before."""
-
-    record: JobStatus
-    replayed: bool
-
-
 def push_status(
     session: Session,
     locked: LockedJob,
@@ -281,7 +273,7 @@ def push_status(
     progress: int,
     error: str | None = None,
     idempotency_key: str | None = None,
-) -> Push:
+) -> JobStatus:
     """A job's own push: replay a retried one, or check the move and append.
 
     ``locked`` comes from ``lock_job`` in this transaction, with the same
@@ -296,7 +288,7 @@ def push_status(
             raise InvalidInput(
                 errors={"Idempotency-Key": ["Already used for a different status of this job."]}
             )
-        return Push(record=locked.replay, replayed=True)
+        return locked.replay
     check_transition(job.state, state)
     try:
         record = append_status(
@@ -307,7 +299,7 @@ def push_status(
         if idempotency_key is None:
             raise
         raise ConcurrentRetry() from None
-    return Push(record=record, replayed=False)
+    return record
 
 
 def ping_job(session: Session, job: Job) -> datetime:

@@ -51,7 +51,7 @@ def push_status(job_id: str):
         )
     data = status_in_schema.load(json_object())
     try:
-        push = service.push_status(
+        record = service.push_status(
             db.session, g.locked_job, idempotency_key=idempotency_key, **data
         )
     except service.ConcurrentRetry:
@@ -60,11 +60,11 @@ def push_status(job_id: str):
         g.job = g.locked_job.job
         if g.job is None:
             raise NotFound() from None
-        push = service.push_status(
+        record = service.push_status(
             db.session, g.locked_job, idempotency_key=idempotency_key, **data
         )
     db.session.commit()
-    return status_document(push.record)
+    return status_document(record)
 
 
 @bp.put("/jobs/<job_id:job_id>/ping")
