@@ -140,11 +140,17 @@ class Server:
     def workers(self) -> list[int]:
         return children(self.process.pid) if self.process else []
 
+    def terminate(self) -> None:
+        """Ask gunicorn to stop, without waiting (several servers stop at once)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
+        """Stop gunicorn (SIGTERM, then SIGKILL to its session after 30 s) and wait for it."""
+        self.terminate()
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -190,14 +190,17 @@ def drop_postgresql_database(database: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def postgresql_maintenance(database: str) -> None:
-    """After a bulk load: statistics and visibility map up to date, dirty pages written."""
+def postgresql_maintenance(*databases: str) -> None:
+    """After a bulk load: statistics and visibility maps up to date, then dirty pages written (once: a
+    checkpoint is the whole server's)."""
     import psycopg
 
-    conninfo = POSTGRES_ADMIN.replace("dbname=postgres", f"dbname={database}")
-    with psycopg.connect(conninfo, autocommit=True) as connection:
-        connection.execute("VACUUM (ANALYZE) jobs")
-        connection.execute("VACUUM (ANALYZE) job_status")
+    for database in databases:
+        conninfo = POSTGRES_ADMIN.replace("dbname=postgres", f"dbname={database}")
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute("VACUUM (ANALYZE) jobs")
+            connection.execute("VACUUM (ANALYZE) job_status")
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
         connection.execute("CHECKPOINT")
 
 
@@ -426,6 +429,14 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
             cleanup.callback(made.stop)
             return made
 
+        def stop(*servers: Server | None) -> None:
+            for one in servers:
+                if one is not None:
+                    one.terminate()
+            for one in servers:
+                if one is not None:
+                    one.stop()
+
         def serve(*servers: Server) -> None:
             # Booting is mostly waiting (imports, workers settling): the servers boot side by side.
             for one in servers:
@@ -472,15 +483,13 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
                         per_run = CURVE_JOBS_PER_CONNECTION * level
                         curve_jobs[(name, path, level)] = split(
                             main.make_jobs(per_run * (plan.curve_rounds + 1), 1), per_run)
-        postgresql_maintenance(main_db)
         if small:
             ten_small = Seeder(small_url).make_jobs(10, 5)
-            postgresql_maintenance(small_db)
         if history:
             large = Seeder(large_url)
             large.make_history(plan.history_jobs, plan.history_records_per_job)
             ten_large = large.make_jobs(10, 5)
-            postgresql_maintenance(large_db)
+        postgresql_maintenance(main_db, *([small_db] if small else []), *([large_db] if history else []))
         if sqlite:
             sqlite_seeder = Seeder(sqlite_url)
             sqlite_get5 = sqlite_seeder.make_jobs(1, 5)
@@ -533,8 +542,7 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
                          sqlite_spread, group="sqlite"),
             ]
         bench.measure(*scenarios)
-        if sqlite:
-            sqlite_api.stop()
+        stop(sqlite_api)
 
         bench.measure(
             Scenario("get_1", "GET 1-record job", api, "get.lua", [get1]),
@@ -550,9 +558,7 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
             nginx_note = measure_curve(bench, plan, levels, run_dir, cleanup,
                                        {"reference": reference, "yardstick": yardstick, "jobapi": api},
                                        job, curve_jobs)
-        reference.stop()
-        yardstick.stop()
-        api.stop()
+        stop(reference, yardstick, api)
 
         if small or history:
             pair_get, pair_post = [], []
@@ -571,10 +577,7 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
                                           large_api, "post.lua", [ten_large]))
             bench.measure(*pair_get)
             bench.measure(*pair_post)
-            if small:
-                small_api.stop()
-            if history:
-                large_api.stop()
+            stop(small_api, large_api)
 
         # Memory: a fresh server, then requests (half GET, half POST) until the early and the late count.
         if bench.wanted("memory"):
