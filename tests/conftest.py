@@ -128,7 +128,7 @@ def basic_auth(username: str, password: str) -> dict[str, str]:
 @pytest.fixture
 def make_job(app) -> Callable[..., JobCredentials]:
     """Make a job through the service, as the CLI does; returns its credentials."""
-    from jobapi import service
+    from jobapi.jobs import service
 
     def make(**fields) -> JobCredentials:
         fields.setdefault("task", "create_subtraction")

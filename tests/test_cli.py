@@ -62,13 +62,16 @@ def test_create_prints_one_json_document_with_key(runner, stored_job, stored):
     assert result.exit_code == 0, result.output
     assert result.stdout.endswith("\n") and result.stdout.count("\n") == 1
     document = json.loads(result.stdout)
-    assert set(document) == {"id", "task", "args", "proc", "mem", "user", "status", "key"}
+    assert set(document) == {
+        "id", "task", "args", "proc", "mem", "user", "status", "key",
+        "workflow", "state", "stage", "progress", "created_at", "acquired", "archived", "rights", "ping",
+    }
     assert re.fullmatch(r"[a-z0-9]{8}", document["id"])
     assert re.fullmatch(r"[0-9a-f]{64}", document["key"])
     assert document["task"] == "create_subtraction"
     assert document["args"] == {"subtraction_id": "Thale", "file_id": "vlekszor-ATgenomeTAIR9.171"}
     assert (document["proc"], document["mem"]) == (2, 4)
-    assert document["user"] == {"id": "igboyes"}
+    assert document["user"] == {"id": "igboyes", "handle": "igboyes"}
     [record] = document["status"]
     assert (record["state"], record["stage"], record["error"], record["progress"]) == ("waiting", None, None, 0)
     assert TIMESTAMP.match(record["timestamp"])
@@ -186,7 +189,7 @@ def test_list_json_newest_first_with_state_and_progress(runner, three_jobs):
     assert [(item["state"], item["progress"]) for item in listed] == [("complete", 100), ("waiting", 0), ("running", 40)]
     assert [item["stage"] for item in listed] == ["done", None, "align"]
     assert [item["task"] for item in listed] == ["build_index", "build_index", "assemble"]
-    assert [item["user"] for item in listed] == [{"id": "alice"}, {"id": "bob"}, {"id": "alice"}]
+    assert [item["user"] for item in listed] == [{"id": "alice", "handle": "alice"}, {"id": "bob", "handle": "bob"}, {"id": "alice", "handle": "alice"}]
     assert all("status" not in item and "key" not in item for item in listed)
 
 

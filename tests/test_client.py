@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import ROOT, free_port
-from jobapi import service
+from jobapi.jobs import service
 from jobapi.client import (
     Conflict,
     InsufficientRights,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobapi import service
+from jobapi.jobs import service
 from jobapi.extensions import db
 from jobapi.models import Job
 from jobapi.schemas import job_document, job_out_schema, status_document, status_out_schema

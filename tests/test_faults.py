@@ -24,7 +24,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
 from conftest import free_port, start_gunicorn, stop_gunicorn
-from jobapi import MIGRATIONS_DIRECTORY, create_app, service
+from jobapi import MIGRATIONS_DIRECTORY, create_app
+from jobapi.jobs import service
 from jobapi.extensions import db
 from jobapi.models import Job, JobStatus
 

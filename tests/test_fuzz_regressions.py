@@ -12,14 +12,15 @@ import json
 
 import pytest
 
-from jobapi import service
+from jobapi.tokens import create_token
+from jobapi.jobs import service
 from jobapi.extensions import db
 
 
 @pytest.fixture
 def operator(app) -> dict[str, str]:
     with app.app_context():
-        secret = service.create_token(db.session, name="regression-operator", role="operator").secret
+        secret = create_token(db.session, name="regression-operator", role="operator").secret
         db.session.commit()
     yield {"Authorization": f"Bearer {secret}"}
     with app.app_context():

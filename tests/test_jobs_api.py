@@ -44,13 +44,22 @@ def test_get_returns_the_job_document(client, job):
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     document = response.get_json()
-    assert set(document) == {"id", "task", "args", "proc", "mem", "user", "status"}
+    assert set(document) == {
+        "id", "task", "args", "proc", "mem", "user", "status",
+        # Virtool's (SPEC 7.2)
+        "workflow", "state", "stage", "progress", "created_at", "acquired", "archived", "rights", "ping",
+    }
     assert document["id"] == job.id
     assert document["task"] == "create_subtraction"
     assert document["args"] == {"subtraction_id": "Thale"}
     assert document["proc"] == 2 and type(document["proc"]) is int
     assert document["mem"] == 4 and type(document["mem"]) is int
-    assert document["user"] == {"id": "igboyes"}
+    assert document["user"] == {"id": "igboyes", "handle": "igboyes"}
+    assert document["workflow"] == "create_subtraction"
+    assert (document["state"], document["stage"], document["progress"]) == ("waiting", None, 0)
+    assert document["created_at"] == document["status"][0]["timestamp"]
+    assert document["acquired"] is False and document["archived"] is False
+    assert document["rights"] == {} and document["ping"] is None
 
 
 def test_get_new_job_has_one_waiting_record(client, job, stored):

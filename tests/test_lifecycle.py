@@ -190,7 +190,7 @@ def test_ping_on_finished_job_is_409(client, job):
     assert response.json == {"id": "conflict", "message": "Job is cancelled", "state": "cancelled"}
 
 
-def test_reap_fails_silent_running_jobs_only(app, client, runner, make_job, stored):
+def test_reap_times_out_silent_running_jobs_only(app, client, runner, make_job, stored):
     silent, pinged, waiting, fresh = make_job(), make_job(), make_job(), make_job()
     for job in (silent, pinged, fresh):
         push(client, job, state="running", stage="work", progress=50)
@@ -205,12 +205,13 @@ def test_reap_fails_silent_running_jobs_only(app, client, runner, make_job, stor
     assert all(job.id not in result.output for job in (pinged, waiting, fresh))
 
     last = stored(silent.id)[-1]
-    assert (last.state, last.stage, last.progress) == ("error", "timeout", 50)
+    # Virtool's timeout state, keeping the stage and progress (SPEC 7.3).
+    assert (last.state, last.stage, last.progress) == ("timeout", "work", 50)
     assert "No heartbeat for 1000 seconds" in last.error
     for job in (pinged, waiting, fresh):
         assert stored(job.id)[-1].state in {"running", "waiting"}
     refused = push(client, silent, state="running", stage="late", progress=60)
-    assert refused.json == {"id": "conflict", "message": "Job has errored", "state": "error"}
+    assert refused.json == {"id": "conflict", "message": "Job timed out", "state": "timeout"}
 
 
 def test_reap_with_short_timeout(client, runner, job, stored):
@@ -221,7 +222,7 @@ def test_reap_with_short_timeout(client, runner, job, stored):
     result = runner.invoke(args=["jobs", "reap", "--timeout", "1"])
     assert result.exit_code == 0
     assert f"Reaped job {job.id}" in result.output
-    assert stored(job.id)[-1].state == "error"
+    assert stored(job.id)[-1].state == "timeout"
 
 
 def test_reap_rejects_bad_timeout(runner):

@@ -105,7 +105,8 @@ def test_jobs_by_current_state(client, make_job):
     samples = scrape(client)
 
     assert {labels[0][1]: count for labels, count in samples[JOBS].items()} == {
-        "waiting": 2, "running": 1, "complete": 1, "cancelled": 0, "error": 0,
+        "waiting": 2, "preparing": 0, "running": 1, "complete": 1, "cancelled": 0, "error": 0,
+        "terminated": 0, "timeout": 0,
     }
 
 

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from conftest import JobCredentials
-from jobapi import service
+from jobapi.tokens import create_token
+from jobapi.jobs import service
 from jobapi.extensions import db
 from jobapi.models import ApiToken
 
@@ -26,7 +27,7 @@ def make_token(app):
 
     def make(role: str, name: str | None = None) -> str:
         with app.app_context():
-            new = service.create_token(db.session, name=name or f"{role}-{next(numbers)}", role=role)
+            new = create_token(db.session, name=name or f"{role}-{next(numbers)}", role=role)
             db.session.commit()
             return new.secret
 
@@ -128,7 +129,8 @@ def test_job_key_on_operator_routes_is_401(client, job):
 def test_no_credentials_on_operator_routes_is_401(client):
     response = client.get("/api/jobs")
     assert response.status_code == 401
-    assert response.json == {"id": "unauthorized", "message": "Bearer token required"}
+    assert response.json == {"id": "unauthorized", "message": "Missing credentials"}
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="jobapi"'
 
 
 def test_wrong_role_is_403(client, job, operator, runner_token):
@@ -178,7 +180,7 @@ def test_operator_creates_job(client, operator, stored):
     body = response.json
     assert re.fullmatch(r"[a-z0-9]{8}", body["id"])
     assert re.fullmatch(r"[0-9a-f]{64}", body["key"])
-    assert (body["task"], body["args"], body["proc"], body["mem"], body["user"]) == ("align", {"ref": "hg38"}, 4, 8, {"id": "alice"})
+    assert (body["task"], body["args"], body["proc"], body["mem"], body["user"]) == ("align", {"ref": "hg38"}, 4, 8, {"id": "alice", "handle": "alice"})
     assert [r["state"] for r in body["status"]] == ["waiting"]
     assert response.headers["Location"].endswith(f"/api/jobs/{body['id']}")
     job = JobCredentials(id=body["id"], key=body["key"])

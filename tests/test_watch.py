@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from jobapi import service, terminal
+from jobapi import terminal
+from jobapi.jobs import service
 from jobapi.extensions import db
 from jobapi.terminal import progress_bar, progress_cell
 
@@ -23,7 +24,7 @@ def push(app, job_id: str, state: str, stage: str, progress: int, error: str | N
     """Push a status as the job would, in a transaction of its own."""
     with app.app_context():
         locked = service.lock_job(db.session, job_id)
-        service.push_status(db.session, locked, state=state, stage=stage, progress=progress, error=error)
+        service.push_status(db.session, locked, service.PushFields({"state": state, "stage": stage, "progress": progress, "error": error}))
         db.session.commit()
 
 

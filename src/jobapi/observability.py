@@ -12,12 +12,9 @@ from sqlalchemy import inspect
 
 from . import metrics
 from .logs import FIELDS_ATTRIBUTE, init_app_logging
-from .service import is_job_id
+from .jobs.service import is_job_id
 
 request_log = logging.getLogger("jobapi.request")
-
-# The view whose successful answers are status records a job stored.
-PUSH_ENDPOINT = "jobs.push_status"
 
 
 def init_observability(app: Flask) -> None:
@@ -46,15 +43,9 @@ def _job_id() -> str | None:
     return candidate if isinstance(candidate, str) and is_job_id(candidate) else None
 
 
-def _stored_push_state(response: Response) -> str | None:
-    """The state of the record a push stored, or None (not a push, refused, or a replayed retry)."""
-    if request.endpoint != PUSH_ENDPOINT or response.status_code != 200:
-        return None
-    if getattr(g.get("locked_job"), "replay", None) is not None:
-        return None
-    # The pushed record is now the job's current state: no need to parse the answer.
-    job = g.get("job")
-    return inspect(job).dict.get("state") if job is not None else None
+def record_stored_push(state: str) -> None:
+    """A view stored a job's pushed record in this state: it is counted once the request commits."""
+    g.stored_push_state = state
 
 
 @functools.lru_cache(maxsize=256)
@@ -69,8 +60,8 @@ def _observe_request(response: Response) -> Response:
     route = _route_name(request.url_rule.rule) if request.url_rule is not None else None
     status = response.status_code
     metrics.observe_request(route, request.method, status, seconds)
-    pushed = _stored_push_state(response)
-    if pushed is not None:
+    pushed = g.get("stored_push_state")
+    if pushed is not None and response.status_code < 400:
         metrics.count_push(pushed)
     fields = {
         "method": request.method,
