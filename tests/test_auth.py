@@ -6,7 +6,6 @@ import base64
 import hashlib
 
 import pytest
-
 from conftest import basic_auth
 
 CHALLENGE = 'Basic realm="jobs"'

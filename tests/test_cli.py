@@ -7,9 +7,9 @@ import re
 
 import pytest
 import sqlalchemy
+from conftest import basic_auth, push
 from sqlalchemy import func, select
 
-from conftest import basic_auth
 from jobapi.extensions import db
 from jobapi.models import Job, JobStatus
 
@@ -41,12 +41,6 @@ def assert_failed(result):
     return lines[0]
 
 
-def push(client, job, state, stage, progress, error=None):
-    body = {"state": state, "stage": stage, "progress": progress}
-    if error is not None:
-        body["error"] = error
-    response = client.post(f"/api/jobs/{job.id}/status", json=body, headers=job.auth)
-    assert response.status_code == 200, response.get_json()
 
 
 # jobs create
@@ -166,11 +160,11 @@ def test_create_bad_task_names_the_field(runner):
 def three_jobs(make_job, client):
     """Three jobs, oldest first: a running assembly, a waiting build for another user, a complete build."""
     first = make_job(task="assemble", user="alice")
-    push(client, first, "running", "align", 40)
+    assert push(client, first, "running", "align", 40).status_code == 200
     second = make_job(task="build_index", user="bob")
     third = make_job(task="build_index", user="alice")
-    push(client, third, "running", "index", 50)
-    push(client, third, "complete", "done", 100)
+    assert push(client, third, "running", "index", 50).status_code == 200
+    assert push(client, third, "complete", "done", 100).status_code == 200
     return first, second, third
 
 
@@ -262,7 +256,7 @@ def test_list_table_has_aligned_columns(runner, three_jobs):
 
 
 def test_show_prints_the_document(runner, client, job):
-    push(client, job, "running", "bowtie_build", 40)
+    assert push(client, job, "running", "bowtie_build", 40).status_code == 200
 
     result = jobs(runner, "show", job.id)
 
@@ -284,7 +278,7 @@ def test_show_unknown_id_fails(runner, job_id):
 
 
 def test_cancel_running_job_keeps_stage_and_progress(runner, client, job, stored, stored_job):
-    push(client, job, "running", "bowtie_build", 40)
+    assert push(client, job, "running", "bowtie_build", 40).status_code == 200
 
     result = jobs(runner, "cancel", job.id)
 
@@ -338,7 +332,7 @@ def test_cancel_already_cancelled_is_left_alone(runner, job, stored):
 )
 def test_cancel_finished_job_is_refused(runner, client, job, stored, stored_job, pushes):
     for state, stage, progress, error in pushes:
-        push(client, job, state, stage, progress, error)
+        assert push(client, job, state, stage, progress, error=error).status_code == 200
     before = [(r.seq, r.state) for r in stored(job.id)]
     final = pushes[-1][0]
 
@@ -369,7 +363,7 @@ def test_cancel_unknown_id_fails(runner, app, job_id):
 def test_remove_finished_job_deletes_it_and_its_records(runner, client, app, make_job, stored, stored_job, pushes):
     job, other = make_job(), make_job()
     for state, stage, progress, error in pushes:
-        push(client, job, state, stage, progress, error)
+        assert push(client, job, state, stage, progress, error=error).status_code == 200
 
     result = jobs(runner, "remove", job.id)
 
@@ -384,7 +378,7 @@ def test_remove_finished_job_deletes_it_and_its_records(runner, client, app, mak
 @pytest.mark.parametrize("state", ["waiting", "running"])
 def test_remove_active_job_is_refused(runner, client, job, stored, stored_job, state):
     if state == "running":
-        push(client, job, "running", "a", 10)
+        assert push(client, job, "running", "a", 10).status_code == 200
     before = [(r.seq, r.state) for r in stored(job.id)]
 
     line = assert_failed(jobs(runner, "remove", job.id))
@@ -397,7 +391,7 @@ def test_remove_active_job_is_refused(runner, client, job, stored, stored_job, s
 @pytest.mark.parametrize("state", ["waiting", "running"])
 def test_remove_active_job_with_force(runner, client, app, job, stored, stored_job, state):
     if state == "running":
-        push(client, job, "running", "a", 10)
+        assert push(client, job, "running", "a", 10).status_code == 200
 
     result = jobs(runner, "remove", job.id, "--force")
 

@@ -13,9 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-
 from conftest import ROOT, free_port
-from jobapi.jobs import service
+
 from jobapi.client import (
     Conflict,
     InsufficientRights,
@@ -29,6 +28,7 @@ from jobapi.client import (
     Unauthorized,
 )
 from jobapi.extensions import db
+from jobapi.jobs import service
 
 pytestmark = pytest.mark.e2e
 

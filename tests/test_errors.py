@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import basic_auth
+
 from jobapi import create_app
 
 RUNNING = {"state": "running", "stage": "bowtie_build", "progress": 40}

@@ -28,10 +28,10 @@ from schemathesis.core.parameters import ParameterLocation
 from sqlalchemy import delete
 
 from jobapi import create_app, openapi
-from jobapi.tokens import create_token
-from jobapi.jobs import pages, service
 from jobapi.extensions import db
+from jobapi.jobs import pages, service
 from jobapi.models import ApiToken
+from jobapi.tokens import create_token
 
 pytestmark = pytest.mark.e2e
 

@@ -12,9 +12,8 @@ import json
 
 import pytest
 
-from jobapi.tokens import create_token
-from jobapi.jobs import service
 from jobapi.extensions import db
+from jobapi.tokens import create_token
 
 
 @pytest.fixture

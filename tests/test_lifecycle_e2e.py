@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-
 from conftest import start_gunicorn, stop_gunicorn
-from jobapi.jobs import service
+
 from jobapi.extensions import db
+from jobapi.jobs import service
 from jobapi.models import FINAL_STATES
 
 pytestmark = pytest.mark.e2e

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from conftest import LiveServer, start_gunicorn, stop_gunicorn
 from flask import g
 from sqlalchemy import event
 
-from conftest import LiveServer, start_gunicorn, stop_gunicorn
 from jobapi import observability
 from jobapi.config import from_environment
 from jobapi.extensions import db

@@ -4,52 +4,14 @@ and the token matrix (who may call what)."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 
 import pytest
+from conftest import JobCredentials, bearer
 from sqlalchemy import select
 
-from conftest import JobCredentials
-from jobapi.tokens import create_token
-from jobapi.jobs import service
 from jobapi.extensions import db
 from jobapi.models import ApiToken
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
-
-
-@pytest.fixture
-def make_token(app):
-    numbers = itertools.count(1)
-
-    def make(role: str, name: str | None = None) -> str:
-        with app.app_context():
-            new = create_token(db.session, name=name or f"{role}-{next(numbers)}", role=role)
-            db.session.commit()
-            return new.secret
-
-    return make
-
-
-@pytest.fixture
-def operator(make_token) -> dict[str, str]:
-    return bearer(make_token("operator", "ops"))
-
-
-@pytest.fixture
-def runner_token(make_token) -> dict[str, str]:
-    return bearer(make_token("runner", "runner-1"))
-
-
-@pytest.fixture(autouse=True)
-def _empty_tokens(app):
-    yield
-    with app.app_context():
-        db.session.execute(ApiToken.__table__.delete())
-        db.session.commit()
 
 
 def new_job(client, operator, **fields):

@@ -11,10 +11,9 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from jobapi.tokens import create_token
-from jobapi.jobs import service
 from jobapi.extensions import db
 from jobapi.models import ApiToken, Job
+from jobapi.tokens import create_token
 
 pytestmark = pytest.mark.e2e
 

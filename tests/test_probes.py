@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 from alembic.script import ScriptDirectory
+from conftest import free_port
 from flask import Flask
 from flask_migrate import upgrade
 
-from conftest import free_port
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.extensions import db
 

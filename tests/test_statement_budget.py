@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import pytest
+from conftest import push
 from sqlalchemy import event
 
 from jobapi.extensions import db
@@ -35,18 +36,10 @@ def count_statements(app):
     return counting
 
 
-def push(client, job, progress, **headers):
-    return client.post(
-        f"/api/jobs/{job.id}/status",
-        json={"state": "running", "stage": "work", "progress": progress},
-        headers={**job.auth, **headers},
-    )
-
-
 @pytest.mark.parametrize("records", [1, 5, 60])
 def test_get_costs_two_statements_whatever_the_history(client, job, count_statements, records):
     for i in range(records - 1):
-        assert push(client, job, i).status_code == 200
+        assert push(client, job, "running", "work", i).status_code == 200
     with count_statements() as statements:
         response = client.get(f"/api/jobs/{job.id}", headers=job.auth)
     assert response.status_code == 200
@@ -57,9 +50,9 @@ def test_get_costs_two_statements_whatever_the_history(client, job, count_statem
 @pytest.mark.parametrize("history", [0, 60])
 def test_push_costs_three_statements_with_the_lock(client, job, count_statements, is_postgresql, history):
     for i in range(history):
-        push(client, job, i)
+        push(client, job, "running", "work", i)
     with count_statements() as statements:
-        response = push(client, job, 50)
+        response = push(client, job, "running", "work", 50)
     assert response.status_code == 200
     assert len(statements) <= 3, statements
     if is_postgresql:  # on SQLite the write transaction (BEGIN IMMEDIATE) is the lock
@@ -68,9 +61,9 @@ def test_push_costs_three_statements_with_the_lock(client, job, count_statements
 
 def test_push_with_idempotency_key_costs_three_and_replay_one(client, job, count_statements):
     with count_statements() as first:
-        assert push(client, job, 10, **{"Idempotency-Key": "k"}).status_code == 200
+        assert push(client, job, "running", "work", 10, headers={"Idempotency-Key": "k"}).status_code == 200
     with count_statements() as replay:
-        assert push(client, job, 10, **{"Idempotency-Key": "k"}).status_code == 200
+        assert push(client, job, "running", "work", 10, headers={"Idempotency-Key": "k"}).status_code == 200
     assert len(first) <= 3, first
     assert len(replay) <= 1, replay
 

@@ -15,6 +15,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from marshmallow import ValidationError
 from sqlalchemy import exc as sa_exc
 
+from . import tokens
 from .exceptions import DomainError, JobNotFound
 from .extensions import db
 from .jobs import pages, service
@@ -22,9 +23,13 @@ from .jobs.reaper import JobLocked, reap_job, silent_jobs
 from .jobs.states import STATES
 from .models import ROLES
 from .payload import TooDeep, loads_strict
-from .schemas import format_timestamp, job_create_schema, job_document, job_summary_schema
+from .schemas import (
+    format_timestamp,
+    job_create_schema,
+    job_document,
+    job_summary_schema,
+)
 from .terminal import progress_cell, watch_job
-from . import tokens
 
 
 def _validation_message(error: ValidationError) -> str:

@@ -11,8 +11,8 @@ from flask import Flask, Response, g, request
 from sqlalchemy import inspect
 
 from . import metrics
-from .logs import FIELDS_ATTRIBUTE, init_app_logging
 from .jobs.service import is_job_id
+from .logs import FIELDS_ATTRIBUTE, init_app_logging
 
 request_log = logging.getLogger("jobapi.request")
 

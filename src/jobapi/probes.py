@@ -12,8 +12,8 @@ import logging
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from flask import Blueprint, Flask, current_app
-from sqlalchemy import inspect, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
 from .errors import error_response

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates_schema
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_dump,
+    validate,
+    validates_schema,
+)
 
 from .jobs.states import ERROR_ALLOWED, ERROR_REQUIRED, PUSHABLE_STATES, STATES
 from .models import JOB_ID_PATTERN

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from ..models import Job, JobStatus, utcnow

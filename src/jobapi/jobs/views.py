@@ -13,7 +13,13 @@ from flask import Blueprint, current_app, g, request, url_for
 from sqlalchemy import inspect
 from werkzeug.routing import BaseConverter
 
-from ..auth import IDEMPOTENCY_HEADER, admit_request, allow, takes_json, valid_idempotency_key
+from ..auth import (
+    IDEMPOTENCY_HEADER,
+    admit_request,
+    allow,
+    takes_json,
+    valid_idempotency_key,
+)
 from ..errors import InvalidInput
 from ..extensions import db
 from ..models import JOB_ID_PATTERN
