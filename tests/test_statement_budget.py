@@ -1,4 +1,5 @@
-"""The SQL each worker request costs, counted with SQLAlchemy events: GET at most 2 statements
+"""The SQL each worker request costs, counted with SQLAlchemy events: GET at most 2 statements,
+an acquire 3,
 and a push at most 3, authentication and the row lock included, however long the history."""
 
 from __future__ import annotations
@@ -72,3 +73,12 @@ def test_ping_costs_two(client, job, count_statements):
     with count_statements() as statements:
         assert client.put(f"/api/jobs/{job.id}/ping", headers=job.auth).status_code == 200
     assert len(statements) <= 2, statements
+
+
+def test_acquire_costs_three(app, client, job, count_statements, monkeypatch):
+    # The hook locks the job, the service writes the new key, the answer reads the history.
+    monkeypatch.setitem(app.config, "JOB_ACQUIRE", "open")
+    with count_statements() as statements:
+        response = client.patch(f"/api/jobs/{job.id}", json={"acquired": True})
+    assert response.status_code == 200
+    assert len(statements) <= 3, statements

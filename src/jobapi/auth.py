@@ -204,7 +204,7 @@ def _load_path_job() -> None:
         begin_read(db.session)
         job = service.get_job(db.session, job_id)
     else:
-        job = service.lock_job(db.session, job_id).job
+        job = service.lock_job(db.session, job_id, whole=True).job
     if job is None:
         raise JobNotFound(job_id)
     g.job = job

@@ -168,12 +168,19 @@ class StatusInSchema(Schema):
             raise ValidationError("Must be null unless state is error or terminated.", "error")
 
 
+class StrictBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false``, nothing that merely equals one (``1``, ``"true"``)."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class AcquireSchema(Schema):
     """The body of an acquire: exactly ``{"acquired": true}`` (SPEC 7.1)."""
 
-    acquired = fields.Boolean(
-        required=True, truthy={True}, falsy={False}, validate=validate.Equal(True)
-    )
+    acquired = StrictBoolean(required=True, validate=validate.Equal(True, error="Must be true."))
 
 
 class UserId(fields.String):

@@ -81,13 +81,14 @@ def new_job_id() -> str:
 
 
 # The statements of the hot paths, built once: only their parameters change.
-_LOCK_JOB = (
+_LOCK_JOB_WHOLE = (
     select(Job)
-    .options(defer(Job.args))  # a write never needs the arguments
     .where(Job.id == bindparam("job_id"))
     .with_for_update()
     .execution_options(populate_existing=True)
 )
+# A job's own writes (pushes, pings) never need its arguments.
+_LOCK_JOB = _LOCK_JOB_WHOLE.options(defer(Job.args))
 _LOCK_JOB_WITH_REPLAY = (
     select(Job, JobStatus)
     .options(defer(Job.args))
@@ -144,18 +145,22 @@ def require_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
     return job
 
 
-def lock_job(session: Session, job_id: str, *, idempotency_key: str | None = None) -> LockedJob:
+def lock_job(
+    session: Session, job_id: str, *, idempotency_key: str | None = None, whole: bool = False
+) -> LockedJob:
     """The job with this id, its row locked until the transaction ends.
 
     With an Idempotency-Key, the record that key made (if any) comes in the
-    same statement. This begins the transaction as a writing one (on SQLite
-    it takes the write lock), so it comes first.
+    same statement. The job's arguments are left unread unless ``whole``.
+    This begins the transaction as a writing one (on SQLite it takes the
+    write lock), so it comes first.
     """
     begin_write(session)
     if not is_job_id(job_id):
         return LockedJob(job=None)
     if idempotency_key is None:
-        return LockedJob(job=session.scalars(_LOCK_JOB, {"job_id": job_id}).one_or_none())
+        statement = _LOCK_JOB_WHOLE if whole else _LOCK_JOB
+        return LockedJob(job=session.scalars(statement, {"job_id": job_id}).one_or_none())
     row = session.execute(
         _LOCK_JOB_WITH_REPLAY, {"job_id": job_id, "key": idempotency_key}
     ).one_or_none()
@@ -394,13 +399,12 @@ def rotate_key(session: Session, job_id: str) -> str:
     return key
 
 
-def acquire_job(session: Session, job_id: str, *, runner: str | None = None) -> NewJob:
-    """A worker takes a waiting job by its id and gets a fresh key (SPEC 7.1).
+def acquire_job(session: Session, job: Job, *, runner: str | None = None) -> NewJob:
+    """A worker takes a waiting job, locked by ``lock_job``, and gets a fresh key (SPEC 7.1).
 
     Acquiring and claiming are one event: a job is taken once. Every key the
     job had stops working.
     """
-    job = require_job(session, job_id, lock=True)
     if job.acquired:
         raise AlreadyAcquired()
     if job.state != "waiting":

@@ -150,7 +150,7 @@ def acquire_job(job_id: str):
     """
     g.body.load()
     runner = g.caller.name if g.caller is not None else None
-    return _new_job_document(service.acquire_job(db.session, job_id, runner=runner))
+    return _new_job_document(service.acquire_job(db.session, g.job, runner=runner))
 
 
 # Operators (bearer token, role operator)
