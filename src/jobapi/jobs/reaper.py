@@ -55,10 +55,11 @@ def reap_job(session: Session, job_id: str, timeout_seconds: float) -> Reaped | 
 
     Raises ``JobLocked`` rather than wait for a request that holds the job.
     """
-    begin_write(session)
     if not is_job_id(job_id):
         return None
     try:
+        # On SQLite the write lock is taken here, as the transaction begins.
+        begin_write(session)
         job = session.scalars(_LOCK_NOWAIT.where(Job.id == job_id)).one_or_none()
     except sa_exc.OperationalError as error:
         if _is_lock_refusal(error):
