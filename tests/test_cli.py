@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -150,7 +154,7 @@ def test_create_args_not_json_says_so(runner):
 def test_create_bad_task_names_the_field(runner):
     line = assert_failed(jobs(runner, "create", "--task", "Bad Task", "--user", "u"))
 
-    assert "task" in line
+    assert line == "Error: Invalid input: task: Must be 1 to 64 characters of a-z, 0-9 and _."
 
 
 # jobs list
@@ -431,3 +435,58 @@ def test_shell_context_has_session_models_and_sqlalchemy(app, job):
         found = context["session"].scalars(context["sqlalchemy"].select(context["Job"])).all()
         assert [row.id for row in found] == [job.id]
         context["session"].rollback()
+
+
+# Details an operator relies on
+
+
+def test_rotate_key_refuses_a_finished_job(runner, client, job, stored_job):
+    assert push(client, job, "cancelled", "s", 0).status_code == 200
+    digest = stored_job(job.id).key_digest
+    line = assert_failed(jobs(runner, "rotate-key", job.id))
+    assert line == "Error: Job is cancelled"
+    assert stored_job(job.id).key_digest == digest
+
+
+def test_rotate_key_gives_a_key_that_works(runner, client, job):
+    result = jobs(runner, "rotate-key", job.id)
+    assert result.exit_code == 0
+    key = json.loads(result.stdout)["key"]
+    assert client.get(f"/api/jobs/{job.id}", headers=basic_auth(f"job-{job.id}", key)).status_code == 200
+
+
+@pytest.mark.parametrize("limit", ["0", "101"])
+def test_list_limit_is_1_to_100_as_the_api(runner, limit):
+    line = assert_failed(jobs(runner, "list", "--limit", limit))
+    assert "--limit" in line and "1<=x<=100" in line
+
+
+def test_show_pretty_indents(runner, job):
+    result = jobs(runner, "show", job.id, "--pretty")
+    assert result.exit_code == 0
+    assert result.stdout.startswith('{\n  "id": ')
+    assert json.loads(result.stdout)["id"] == job.id
+
+
+def test_a_deleted_token_frees_its_name(runner):
+    def tokens(*args):
+        return runner.invoke(args=["tokens", *args])
+
+    assert tokens("create", "--name", "node-1", "--role", "runner").exit_code == 0
+    assert tokens("revoke", "node-1").exit_code == 0
+    assert assert_failed(tokens("create", "--name", "node-1", "--role", "runner")) == (
+        "Error: A token named 'node-1' already exists"
+    )
+    assert tokens("delete", "node-1").stdout == "Deleted token 'node-1'\n"
+    assert tokens("create", "--name", "node-1", "--role", "runner").exit_code == 0
+    assert assert_failed(tokens("delete", "nobody")) == "Error: No token named 'nobody'"
+
+
+def test_the_jobapi_command_is_flask_app_jobapi(database_url, app, job):
+    command = Path(sys.executable).with_name("jobapi")
+    env = {**os.environ, "DATABASE_URL": database_url}
+    listed = subprocess.run([str(command), "jobs", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert [item["id"] for item in json.loads(listed.stdout)] == [job.id]
+    helped = subprocess.run([str(command), "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert "jobs" in helped.stdout and "tokens" in helped.stdout and "db" in helped.stdout

@@ -278,6 +278,7 @@ def test_remove(client, operator, job, stored, stored_job):
     removed = client.delete(f"/api/jobs/{job.id}", headers=operator)
     assert removed.status_code == 204
     assert removed.data == b""
+    assert "Content-Type" not in removed.headers and "Job-State" not in removed.headers
     assert stored_job(job.id) is None and stored(job.id) == []
     assert client.delete(f"/api/jobs/{job.id}", headers=operator).status_code == 404
 

@@ -6,9 +6,11 @@ import functools
 import logging
 import re
 import time
+from urllib.parse import quote
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from sqlalchemy import inspect
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import metrics
 from .jobs.service import is_job_id
@@ -54,10 +56,31 @@ def _route_name(rule: str) -> str:
     return re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"<\1>", rule)
 
 
+# What a logged path may show as it is; anything else is percent-encoded, so
+# no client text can look like a field of the line ("job_id=", spaces, quotes).
+_PATH_SAFE = "/-._~:@!$&'()*+,;"
+
+
+def _route() -> str | None:
+    """The URL rule the request matched; for a 405, the rule of the path whatever its method."""
+    if request.url_rule is not None:
+        return _route_name(request.url_rule.rule)
+    if isinstance(request.routing_exception, MethodNotAllowed):
+        allowed = request.routing_exception.valid_methods or []
+        adapter = current_app.url_map.bind_to_environ(request.environ)
+        for method in allowed:
+            try:
+                rule, _ = adapter.match(method=method, return_rule=True)
+            except HTTPException:
+                continue
+            return _route_name(rule.rule)
+    return None
+
+
 def _observe_request(response: Response) -> Response:
     started = g.get("request_started")
     seconds = time.perf_counter() - started if started is not None else 0.0
-    route = _route_name(request.url_rule.rule) if request.url_rule is not None else None
+    route = _route()
     status = response.status_code
     metrics.observe_request(route, request.method, status, seconds)
     pushed = g.get("stored_push_state")
@@ -66,6 +89,7 @@ def _observe_request(response: Response) -> Response:
     fields = {
         "method": request.method,
         "route": route,
+        "path": None if route else quote(request.path, safe=_PATH_SAFE),
         "status": status,
         "duration_ms": round(seconds * 1000, 1),
         "job_id": _job_id(),
@@ -73,7 +97,7 @@ def _observe_request(response: Response) -> Response:
     }
     # The formatter adds the job and request ids (logs.py).
     request_log.info(
-        "%s %s %s %.1fms", request.method, route or "-", status, seconds * 1000,
+        "%s %s %s %.1fms", request.method, route or fields["path"], status, seconds * 1000,
         extra={FIELDS_ATTRIBUTE: fields},
     )
     return response

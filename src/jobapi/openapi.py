@@ -18,7 +18,6 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from apispec import APISpec
@@ -27,6 +26,7 @@ from flask import Blueprint, Flask, Response, current_app
 from marshmallow import Schema, fields, validate
 from werkzeug.routing import Rule
 
+from . import __version__
 from .auth import IDEMPOTENCY_HEADER, Access
 from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, HTTP_ERRORS
 from .jobs.states import ERROR_ALLOWED, ERROR_REQUIRED, STATES
@@ -85,6 +85,7 @@ class HealthSchema(Schema):
     """The process is up."""
 
     status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    version = fields.String(required=True, metadata={"description": "The release the process runs."})
 
 
 class ReadySchema(Schema):
@@ -674,19 +675,12 @@ def _operation(app: Flask, rule: Rule, method: str, described: Operation) -> dic
     return operation
 
 
-def _package_version() -> str:
-    try:
-        return version("jobapi")
-    except PackageNotFoundError:  # pragma: no cover - run from a bare checkout
-        return "0.0.0"
-
-
 def build_document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route of ``app`` this module describes."""
     plugin = _make_plugin()
     spec = APISpec(
         title="jobapi",
-        version=_package_version(),
+        version=__version__,
         openapi_version=OPENAPI_VERSION,
         plugins=[plugin],
         info={"description": DESCRIPTION.format(body_limit=app.config["MAX_CONTENT_LENGTH"])},

@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
+from . import __version__
 from .errors import error_response
 from .extensions import db
 
@@ -58,8 +59,8 @@ def database_revisions(session: Session) -> frozenset[str] | None:
 
 @bp.get("/healthz")
 def healthz():
-    """The process is up and answering; touches nothing else."""
-    return {"status": "ok"}
+    """The process is up and answering, and which release it runs; touches nothing else."""
+    return {"status": "ok", "version": __version__}
 
 
 @bp.get("/readyz")
