@@ -126,7 +126,7 @@ def _frame_category(function: str, file: str, stack_loads: bool) -> str | None:
         return "logging"  # request ids exist for the logs
     if _STDLIB_JSON.search(path):
         return "json"
-    if path.endswith(("/jobapi/auth.py", "/jobapi/keys.py", "/werkzeug/datastructures/auth.py")):
+    if path.endswith(("/jobapi/auth.py", "/jobapi/keys.py", "/jobapi/tokens.py", "/werkzeug/datastructures/auth.py")):
         return "auth"
     if path.endswith("/jobapi/payload.py"):
         return "validation"
@@ -136,7 +136,7 @@ def _frame_category(function: str, file: str, stack_loads: bool) -> str | None:
         return _YARDSTICK.get(function, "other")
     if "/flask/json/" in path:
         return "serialization"
-    if "/werkzeug/" in path or "/flask/" in path:
+    if "/werkzeug/" in path or "/flask/" in path or "/flask_smorest/" in path:
         return "Flask/werkzeug"
     if "/gunicorn/" in path:
         return "gunicorn"

@@ -28,9 +28,10 @@ from marshmallow import ValidationError
 from sqlalchemy import select, update
 
 from conftest import ROOT, free_port
-from jobapi import service
+from jobapi.exceptions import FINISHED_MESSAGES
 from jobapi.extensions import db
-from jobapi.models import FINAL_STATES, STATES, Job, JobStatus, utcnow
+from jobapi.jobs import service, states
+from jobapi.models import Job, JobStatus, utcnow
 from jobapi.schemas import status_in_schema
 
 TIMEOUT = 30
@@ -39,6 +40,7 @@ TIMEOUT = 30
 def _load_yardstick():
     spec = importlib.util.spec_from_file_location("yardstick_app", ROOT / "benchmarks" / "yardstick_app.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -50,10 +52,13 @@ yardstick_app = _load_yardstick()
 
 
 def test_same_states_transitions_and_messages():
-    assert yardstick_app.STATES == STATES
-    assert yardstick_app.FINAL_STATES == FINAL_STATES
-    assert yardstick_app.TRANSITIONS == service.TRANSITIONS
-    assert yardstick_app.FINISHED_MESSAGES == service.FINISHED_MESSAGES
+    assert yardstick_app.STATES == states.STATES
+    assert yardstick_app.PUSHABLE_STATES == states.PUSHABLE_STATES
+    assert yardstick_app.FINAL_STATES == states.FINAL_STATES
+    assert yardstick_app.TRANSITIONS == states.TRANSITIONS
+    assert yardstick_app.ERROR_REQUIRED == states.ERROR_REQUIRED
+    assert yardstick_app.ERROR_ALLOWED == states.ERROR_ALLOWED
+    assert yardstick_app.FINISHED_MESSAGES == FINISHED_MESSAGES
 
 
 PUSH_BODIES: list[dict[str, Any]] = [
@@ -92,6 +97,24 @@ PUSH_BODIES: list[dict[str, Any]] = [
     {"state": "running", "stage": "x", "progress": 1, "foo": 1},
     {"state": "error", "stage": "x", "progress": 1, "foo": 1},
     {"state": "running", "stage": "x", "progress": 1, "error": "boom", "seq": 3},
+    {"state": "timeout", "stage": "x", "progress": 1},
+    {"state": "preparing", "stage": "x", "progress": 1},
+    {"state": "terminated", "stage": "x", "progress": 1},
+    {"state": "terminated", "stage": "x", "progress": 1, "error": "SIGTERM"},
+    {"state": "error", "stage": "x", "progress": 1, "error": {"type": "E", "traceback": ["a"], "details": []}},
+    {"state": "error", "stage": "x", "progress": 1, "error": {"message": "boom"}},
+    {"state": "error", "stage": "x", "progress": 1, "error": {"message": 1}},
+    {"state": "error", "stage": "x", "progress": 1, "error": {"type": "E", "traceback": "a", "details": []}},
+    {"state": "error", "stage": "x", "progress": 1, "error": {"type": "E", "traceback": [], "details": [], "x": 1}},
+    {"state": "error", "stage": "x", "progress": 1, "error": {"message": "a\x00"}},
+    {"state": "error", "stage": "x", "progress": 1, "error": {"message": "m" * 17000}},
+    {"state": "error", "stage": "x", "progress": 1, "error": []},
+    {"state": "running", "stage": "x", "progress": 1, "error": {"message": "boom"}},
+    {"state": "running", "stage": "x", "progress": 1, "step_name": "Build", "step_description": "Index it"},
+    {"state": "running", "stage": "x", "progress": 1, "step_name": None, "step_description": None},
+    {"state": "running", "stage": "x", "progress": 1, "step_name": "n" * 257, "step_description": "d\x00" * 600},
+    {"state": "running", "stage": "x", "progress": 1, "step_name": 5, "step_description": ["d"]},
+    {"state": "running", "stage": "x", "progress": 1, "step_name": ""},
 ]
 
 
@@ -105,15 +128,18 @@ def test_validation_gives_the_service_messages(body):
     errors, values = yardstick_app.validate_push(body)
     assert errors == expected_errors
     if expected is not None:
-        assert values == (expected["state"], expected["stage"], expected["progress"], expected["error"])
+        assert values == expected
 
 
-@pytest.mark.parametrize("values", [
-    ("running", "bowtie_build", 40, None),
-    ("error", "", 0, "Exited with status 1 \u00e9\u4e2d"),
+@pytest.mark.parametrize("push", [
+    {"state": "running", "stage": "bowtie_build", "progress": 40, "error": None},
+    {"state": "error", "stage": "", "progress": 0, "error": "Exited with status 1 \u00e9\u4e2d"},
+    {"state": "error", "stage": "x", "progress": 3, "error": {"type": "E", "traceback": ["t"], "details": ["d"]}},
+    {"state": "running", "stage": "x", "progress": 3, "error": None, "step_name": "Build", "step_description": None},
 ])
-def test_request_digest_is_the_service_digest(values):
-    assert yardstick_app.request_digest(*values) == service.request_digest(*values)
+def test_request_digest_is_the_service_digest(push):
+    assert yardstick_app.request_digest({"step_name": None, "step_description": None, **push}) \
+        == service.request_digest(push)
 
 
 # End to end: the yardstick and the service side by side -------------------------
@@ -167,11 +193,14 @@ def yardstick(is_postgresql, database_url, app, tmp_path_factory) -> Iterator[st
                 process.wait()
 
 
+TIMESTAMPS = ("timestamp", "created_at", "pinged_at")
+
+
 def _comparable(value: Any) -> Any:
     """A body without its timestamps, and a job document without its id (the twins differ in both)."""
     if isinstance(value, dict):
         return {k: _comparable(v) for k, v in value.items()
-                if k != "timestamp" and not (k == "id" and "status" in value)}
+                if k not in TIMESTAMPS and not (k == "id" and "status" in value)}
     if isinstance(value, list):
         return [_comparable(v) for v in value]
     return value
@@ -210,20 +239,29 @@ def _get(url: str, job_id: str, auth=None, headers: dict[str, str] | None = None
 # Each step is sent to the service on one job and to the yardstick on its twin.
 STEPS: list[tuple[str, dict[str, Any]]] = [
     ("get", {}),
+    ("push", {"body": {"state": "preparing", "stage": "setup", "progress": 0,
+                       "step_name": "Set up", "step_description": "Prepare the files"}}),
     ("push", {"body": {"state": "running", "stage": "mk_subtraction_dir", "progress": "20"}}),
-    ("push", {"body": {"state": "running", "stage": "bowtie_build", "progress": 40}, "key": "retry-1"}),
-    ("push", {"body": {"state": "running", "stage": "bowtie_build", "progress": 40}, "key": "retry-1"}),
+    ("push", {"body": {"state": "running", "stage": "bowtie_build", "progress": 40, "step_name": "Build"},
+              "key": "retry-1"}),
+    ("push", {"body": {"state": "running", "stage": "bowtie_build", "progress": 40, "step_name": "Build"},
+              "key": "retry-1"}),
     ("push", {"body": {"state": "running", "stage": "bowtie_build", "progress": 41}, "key": "retry-1"}),
+    ("push", {"body": {"state": "running", "stage": "x", "progress": 1.5, "foo": 1}, "key": "retry-1"}),
     ("push", {"body": {"state": "running", "stage": "x", "progress": 1.5, "foo": 1}}),
     ("push", {"body": {"state": "error", "stage": "x", "progress": 1}}),
     ("push", {"body": {"state": "running", "stage": "x", "progress": 1, "error": "boom"}}),
+    ("push", {"body": {"state": "timeout", "stage": "x", "progress": 1}}),
     ("push", {"body": {"state": "running", "stage": "x", "progress": 1}, "key": "k" * 129}),
+    ("push", {"body": {"state": "running", "stage": "x", "progress": 1.5}, "key": "k" * 129}),
     ("push", {"data": b'{"state": "running",'}),
     ("push", {"data": b"[1, 2]"}),
     ("push", {"data": b'{"state": "running", "stage": "\\ud800", "progress": 1}'}),
     ("push", {"data": b'{"state": "running", "stage": "x", "progress": NaN}'}),
+    ("push", {"data": b'{"state": "running", "stage": "x", "progress": 1, "e": ' + b"[" * 40 + b"]" * 40 + b"}"}),
     ("push", {"body": {"state": "running", "stage": "x", "progress": 1}, "content_type": "text/plain"}),
     ("push", {"data": b'{"stage": "' + b"a" * (65 * 1024) + b'"}'}),
+    ("push", {"data": b'{"stage": "' + b"a" * (65 * 1024) + b'"}', "no_auth": True}),
     ("push", {"body": {"state": "waiting", "stage": "back", "progress": 1}}),
     ("push", {"body": {"state": "running", "stage": "x", "progress": 1}, "wrong_key": True}),
     ("push", {"body": {"state": "running", "stage": "x", "progress": 1}, "no_auth": True}),
@@ -232,11 +270,21 @@ STEPS: list[tuple[str, dict[str, Any]]] = [
     ("get", {"no_auth": True}),
     ("get", {"bearer": True}),
     ("get", {"garbled": True}),
-    ("push", {"body": {"state": "running", "stage": "sort", "progress": 90, "error": None}}),
-    ("push", {"body": {"state": "complete", "stage": "done", "progress": 100}}),
+    ("push", {"body": {"state": "running", "stage": "sort", "progress": 90, "error": None,
+                       "step_name": None, "step_description": "Sort the reads"}}),
+    ("push", {"body": {"state": "error", "stage": "sort", "progress": 90,
+                       "error": {"type": "OSError", "traceback": ["line 1"], "details": ["disk full"]}},
+              "key": "final"}),
     ("push", {"body": {"state": "running", "stage": "again", "progress": 100}}),
     ("push", {"body": {"state": "bogus", "stage": "again", "progress": 100}}),
-    ("push", {"body": {"state": "running", "stage": "bowtie_build", "progress": 40}, "key": "retry-1"}),
+    ("push", {"body": {"state": "bogus", "stage": "again", "progress": 100}, "key": "final"}),
+    ("push", {"data": b"[1]"}),
+    ("push", {"body": {"state": "running", "stage": "again", "progress": 100}, "key": "late"}),
+    ("push", {"body": {"state": "running", "stage": "bowtie_build", "progress": 40, "step_name": "Build"},
+              "key": "retry-1"}),
+    ("push", {"body": {"state": "error", "stage": "sort", "progress": 90,
+                       "error": {"type": "OSError", "traceback": ["line 1"], "details": ["disk full"]}},
+              "key": "final"}),
     ("get", {}),
 ]
 
@@ -255,6 +303,9 @@ def _send(url: str, job, step: tuple[str, dict[str, Any]]) -> requests.Response:
         auth, headers = None, {"Authorization": "Basic %%%not-base64"}
     if kind == "get":
         return _get(url, job.id, auth, headers)
+    if options.get("no_auth") and "data" in options:
+        return requests.post(f"{url}/api/jobs/{job.id}/status", data=options["data"],
+                             headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
     if headers is not None:
         return requests.post(f"{url}/api/jobs/{job.id}/status", json=options["body"], headers=headers,
                              timeout=TIMEOUT)
@@ -287,6 +338,7 @@ def test_same_answers_as_the_service(live_server, yardstick, make_job, app):
         codes.append(expected.status_code)
     # The steps cover what they mean to: a GET, pushes, a replay, 409s, 401s, 422s, 400s, 415, 413.
     assert {200, 400, 401, 409, 413, 415, 422} <= set(codes), codes
+    assert codes.count(200) >= 10, codes
 
     # The same rows stored, timestamps in order.
     served_job, served_records = _rows(app, served.id)
@@ -370,3 +422,27 @@ def test_concurrent_retries_all_replay_one_record(yardstick, make_job, app):
         assert len({a.text for a in answers}) == 1
         _, records = _rows(app, job.id)
         assert [(r[1], r[2], r[5]) for r in records] == [("waiting", None, None), ("running", "once", "same")]
+
+
+@e2e
+def test_replaced_key_and_history_cap_alike(live_server, yardstick, make_job, app):
+    """A key that a new one replaced is told so; a job at its history cap refuses a push and stores nothing."""
+    body = {"state": "running", "stage": "x", "progress": 1}
+    job = make_job()
+    with app.app_context():
+        service.rotate_key(db.session, job.id)
+        db.session.commit()
+    expected = _get(live_server.url, job.id, job.requests_auth)
+    assert expected.json()["message"] == "Key was replaced"
+    assert_same_answer(_get(yardstick, job.id, job.requests_auth), expected)
+    assert_same_answer(_push(yardstick, job.id, job.requests_auth, body),
+                       _push(live_server.url, job.id, job.requests_auth, body))
+
+    served, measured = make_job(), make_job()
+    with app.app_context():
+        db.session.execute(update(Job).where(Job.id.in_([served.id, measured.id])).values(status_count=10_000))
+        db.session.commit()
+    expected = _push(live_server.url, served.id, served.requests_auth, body)
+    assert expected.status_code == 409 and expected.json()["message"] == "Job has too many status records"
+    assert_same_answer(_push(yardstick, measured.id, measured.requests_auth, body), expected)
+    assert len(_rows(app, measured.id)[1]) == 1
