@@ -116,6 +116,8 @@ def _frame_category(function: str, file: str, stack_loads: bool) -> str | None:
         return "psycopg/network"
     if "/sqlalchemy/" in path or "/flask_sqlalchemy/" in path:
         return "SQLAlchemy"
+    if path.endswith(("/jobapi/models.py", "/jobapi/storage.py", "/jobapi/transaction.py")):
+        return "SQLAlchemy"  # the app's own layer over it: column types, sessions, commits
     if "/marshmallow/" in path:
         return "validation" if stack_loads else "serialization"
     if "/prometheus_client/" in path or path.endswith("/jobapi/metrics.py"):

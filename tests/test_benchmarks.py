@@ -135,7 +135,8 @@ def frames(*names: str) -> list[str]:
     (frames(f"wsgi_app@{PACKAGES}/flask/app.py", f"match@{PACKAGES}/werkzeug/routing/map.py"), "Flask/werkzeug"),
     (frames(f"wsgi_app@{PACKAGES}/flask/app.py", "push_status@/srv/benchmarks/yardstick_app.py",
             "validate_push@/srv/benchmarks/yardstick_app.py"), "validation"),
-    (frames(f"wsgi_app@{PACKAGES}/flask/app.py", "lock_job@/srv/src/jobapi/service.py"), "other"),
+    (frames(f"wsgi_app@{PACKAGES}/flask/app.py", "lock_job@/srv/src/jobapi/jobs/service.py"), "other"),
+    (frames(f"wsgi_app@{PACKAGES}/flask/app.py", "end_transaction@/srv/src/jobapi/transaction.py"), "SQLAlchemy"),
 ])
 def test_profile_categories(stack, category):
     assert profiling.categorize(stack) == category
