@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from conftest import ROOT
 
@@ -270,3 +271,32 @@ def test_counted_run_ends_when_its_requests_are_done(wrk_binary, job_server, tmp
     assert time.monotonic() - started < 30
     assert 400 <= result.requests < 2000
     assert sum(job_server.pushes.values()) >= 400
+
+
+@pytest.fixture(scope="module")
+def nginx_binary() -> str:
+    found = nginx_proxy.find_nginx()
+    if not found:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is required under CI (apt-get install nginx)")
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    return found
+
+
+def test_nginx_proxy_serves_the_site_in_front_of_a_server(nginx_binary, job_server, tmp_path):
+    site = tmp_path / "site.conf"
+    site.write_text(SITE)
+    proxy = nginx_proxy.NginxProxy("nginx-test", nginx_binary, tmp_path / "nginx", [job_server.server_address[1]],
+                                   site=site)
+    proxy.start()
+    try:
+        answer = requests.post(f"{proxy.url}/api/jobs/job00001/status", timeout=10,
+                               json={"state": "running", "stage": "bench-job00001", "progress": 5})
+        assert answer.status_code == 200
+        assert answer.json()["stage"] == "bench-job00001"
+        assert job_server.pushes == {"job00001": 1}
+    finally:
+        proxy.stop()
+    assert proxy.process is None
+    # The site's access log went to the run's directory, not to /var/log.
+    assert "POST /api/jobs/job00001/status" in (tmp_path / "nginx" / "jobapi.access.log").read_text()
