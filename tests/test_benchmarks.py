@@ -51,6 +51,14 @@ def test_unknown_key_is_an_error_naming_the_valid_keys(capsys):
     assert "gett5" in capsys.readouterr().err
 
 
+def test_curve_levels_are_positive_connection_counts(capsys):
+    assert run.parser().parse_args(["--levels", "1,8,32"]).levels == [1, 8, 32]
+    for bad in ("0,16", "a", ""):
+        with pytest.raises(SystemExit):
+            run.parser().parse_args(["--levels", bad])
+    assert "--levels" in capsys.readouterr().err
+
+
 def test_help_lists_every_scenario_key(capsys):
     with pytest.raises(SystemExit):
         run.main(["--help"])
