@@ -12,6 +12,7 @@ from flask import Flask, g, request
 
 from .config import DEFAULTS, from_environment, normalize_database_url
 from .extensions import db, migrate
+from .sessions import init_sessions
 from .storage import configure_engine, engine_options
 
 # migrations/ sits at the repository root, beside src/.
@@ -36,6 +37,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     # Keep keys in the order the documents are written in.
     app.json.sort_keys = False
+    init_sessions(app)
 
     db.init_app(app)
     migrate.init_app(

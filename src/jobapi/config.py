@@ -30,6 +30,19 @@ DEFAULTS: dict[str, Any] = {
     "JOB_KEY_GRACE_SECONDS": 600,
     # "text" (gunicorn's line format) or "json" (one object a line); see logs.py.
     "LOG_FORMAT": "text",
+    # Signs the console's session cookie. Unset: a random key kept in
+    # SECRET_KEY_FILE (default: secret_key in the instance folder); see sessions.py.
+    "SECRET_KEY": None,
+    "SECRET_KEY_FILE": None,
+    "SESSION_COOKIE_NAME": "jobapi_session",
+    # Seconds a console sign-in lasts.
+    "PERMANENT_SESSION_LIFETIME": 12 * 3600,
+    # CSRF tokens are checked on the console's forms only (never on the API,
+    # whose callers send bearer tokens or job keys), and live as long as the sign-in.
+    "WTF_CSRF_CHECK_DEFAULT": False,
+    "WTF_CSRF_TIME_LIMIT": None,
+    # Jobs on one page of the console.
+    "CONSOLE_PAGE_SIZE": 50,
 }
 
 LOG_FORMATS = ("text", "json")
@@ -64,6 +77,8 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "JOB_KEY_GRACE_SECONDS": ("JOB_KEY_GRACE_SECONDS", float),
     "RETRY_AFTER_SECONDS": ("RETRY_AFTER_SECONDS", int),
     "LOG_FORMAT": ("LOG_FORMAT", log_format),
+    "SECRET_KEY": ("SECRET_KEY", str),
+    "SECRET_KEY_FILE": ("SECRET_KEY_FILE", str),
 }
 
 
