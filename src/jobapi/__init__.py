@@ -67,6 +67,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_observability(app)
     init_probes(app)
 
+    # Pages for people, not part of the API: the operator console.
+    from .console import init_console
+
+    init_console(app)
+
     # Last of the routes: the OpenAPI document describes those registered before it.
     from .openapi import init_openapi
 

@@ -365,6 +365,18 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
     },
 }
 
+# Pages for people, not part of the API, which the document leaves out: the
+# operator console (and ``/``, which leads there), the docs page that renders
+# this document, and the static files they load.
+NOT_API_BLUEPRINTS = frozenset({"console", "apidocs"})
+NOT_API_ENDPOINTS = frozenset({"index", "static"})
+
+
+def part_of_the_api(endpoint: str) -> bool:
+    """Whether a route belongs to the API (and so to this document), or is a page for people."""
+    return endpoint not in NOT_API_ENDPOINTS and endpoint.partition(".")[0] not in NOT_API_BLUEPRINTS
+
+
 TAGS = [
     {"name": "jobs", "description": "A job's own routes, with its key (operators may read a job too)."},
     {"name": "operators", "description": "Make, list, cancel and remove jobs, with an operator token."},
@@ -382,6 +394,9 @@ on 422 and `state` on 409 (the `Error` schema). A path that exists answers a
 method it does not list with 405 `method_not_allowed` and an `Allow` header; a
 path that does not exist answers 404 `not_found`. Bodies are at most
 {body_limit} bytes. Every answer carries `X-Request-ID`.
+
+The operator console (`/console/`) and this document's rendering (`/api/docs`)
+are pages for people, not part of the API, and are not described here.
 """
 
 
@@ -669,6 +684,8 @@ def build_document(app: Flask) -> dict[str, Any]:
     )
 
     for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
+        if not part_of_the_api(rule.endpoint):
+            continue
         described = OPERATIONS.get(rule.endpoint)
         if described is None:
             continue
