@@ -67,10 +67,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_observability(app)
     init_probes(app)
 
-    # Pages for people, not part of the API: the operator console.
+    # Pages for people, not part of the API: the operator console and the API's docs.
+    from .apidocs import bp as apidocs_bp
     from .console import init_console
 
     init_console(app)
+    app.register_blueprint(apidocs_bp, url_prefix="/api")
 
     # Last of the routes: the OpenAPI document describes those registered before it.
     from .openapi import init_openapi
