@@ -17,8 +17,23 @@ from jobapi.config import from_environment
 from jobapi.sessions import instance_secret_key
 
 
+_made = []
+
+
 def _app(database_url: str, **config):
-    return create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, **config})
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, **config})
+    _made.append(app)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _close_connections():
+    """Apps made here close their pooled connections when the test ends."""
+    yield
+    while _made:
+        app = _made.pop()
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
 
 
 def test_a_key_is_made_once_in_its_file_readable_by_its_owner_alone(tmp_path, database_url):
