@@ -14,7 +14,6 @@ import pytest
 
 from jobapi import create_app
 from jobapi.config import from_environment
-from jobapi.sessions import instance_secret_key
 
 
 _made = []
