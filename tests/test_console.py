@@ -15,9 +15,11 @@ from sqlalchemy import event, select
 from sqlalchemy import exc as sa_exc
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from jobapi import service
+from jobapi import tokens
 from jobapi.console import actions
+from jobapi.console.timeline import entries, format_duration, segments
 from jobapi.extensions import db
+from jobapi.jobs import service as jobs_service
 from jobapi.models import STATES, ApiToken, Job
 
 COOKIE = "jobapi_session"
@@ -29,7 +31,7 @@ def make_token(app):
 
     def make(role: str = "operator", name: str | None = None) -> str:
         with app.app_context():
-            new = service.create_token(db.session, name=name or f"{role}-{next(numbers)}", role=role)
+            new = tokens.create_token(db.session, name=name or f"{role}-{next(numbers)}", role=role)
             db.session.commit()
             return new.secret
 
@@ -143,7 +145,7 @@ def test_sign_in_refuses_anything_but_an_active_operator_token(app, client, make
     elif kind == "revoked":
         secret = make_token("operator", "gone")
         with app.app_context():
-            service.revoke_token(db.session, "gone")
+            tokens.revoke_token(db.session, "gone")
             db.session.commit()
     elif kind == "runner":
         secret = make_token("runner")
@@ -160,7 +162,7 @@ def test_sign_in_refuses_anything_but_an_active_operator_token(app, client, make
 def test_a_revoked_token_signs_the_operator_out_on_the_next_page(app, console, job):
     assert console.get("/console/").status_code == 200
     with app.app_context():
-        service.revoke_token(db.session, "ops")
+        tokens.revoke_token(db.session, "ops")
         db.session.commit()
     fragment = console.get("/console/jobs/_rows")
     assert fragment.status_code == 401
@@ -390,7 +392,7 @@ def test_keyset_pages_older_and_newer_without_offset(app, console, make_job, mon
 def test_the_job_page_shows_the_document_timeline_heartbeat_and_claim(app, console, make_job):
     job = make_job(task="align", user="alice", args={"genome": "hg38", "n": 1}, proc=4, mem=16)
     with app.app_context():
-        claimed = service.claim_job(db.session, runner="runner-7", tasks=["align"], proc=8, mem=64)
+        claimed = jobs_service.claim_job(db.session, runner="runner-7", tasks=["align"], proc=8, mem=64)
         db.session.commit()
     assert claimed.job.id == job.id
     worker = SimpleNamespace(id=job.id, auth={"Authorization": _basic(job.id, claimed.key)})
@@ -427,33 +429,54 @@ def test_a_finished_job_page_stops_refreshing_and_shows_its_error(console, job):
     assert 'id="remove"' in page.text and 'id="cancel"' not in page.text
 
 
-def test_object_errors_and_step_fields_are_rendered_readably(console, job, monkeypatch):
-    # The form Virtool's workers send: type, traceback lines, details; and step fields.
-    now = datetime.now(UTC)
-    records = [
-        SimpleNamespace(state="waiting", stage=None, error=None, progress=0, timestamp=now - timedelta(seconds=30)),
-        SimpleNamespace(state="running", stage="bowtie_build", error=None, progress=40,
-                        timestamp=now - timedelta(seconds=20), step_name="Build index",
-                        step_description="Build a Bowtie2 index of the reference"),
-        SimpleNamespace(state="error", stage="bowtie_build", progress=40, timestamp=now,
-                        error={"type": "CalledProcessError",
-                               "traceback": ["Traceback (most recent call last):\n", '  File "w.py", line 3, in run\n'],
-                               "details": ["bowtie2-build exited with 1", "<disk full>"]}),
-    ]
-    monkeypatch.setattr(actions.service, "status_history", lambda session, job_id: records)
+def test_object_errors_and_step_fields_are_rendered_readably(console, make_job):
+    # The forms Virtool's workers send: type, traceback lines and details; or a message.
+    job = make_job()
+    push(console, job, "running", "bowtie_build", 40,
+         step_name="Build index", step_description="Build a Bowtie2 index of the reference")
+    push(console, job, "error", "bowtie_build", 40, error={
+        "type": "CalledProcessError",
+        "traceback": ["Traceback (most recent call last):\n", '  File "w.py", line 3, in run\n'],
+        "details": ["bowtie2-build exited with 1", "<disk full>"],
+    })
     page = console.get(f"/console/jobs/{job.id}")
     assert page.status_code == 200
     assert "Error: <b>CalledProcessError</b>" in page.text
     assert '<pre class="traceback">Traceback (most recent call last):\n  File &#34;w.py&#34;, line 3, in run</pre>' in page.text
     assert "<li>&lt;disk full&gt;</li>" in page.text
     assert "<b>Build index</b> <span>Build a Bowtie2 index of the reference</span>" in page.text
-    since = re.findall(r'<td data-label="Since previous">([^<]*)</td>', page.text)
-    assert since == ["—", "10 s", "20 s"]
-    monkeypatch.setattr(actions.service, "status_history", lambda session, job_id: [
-        records[0], SimpleNamespace(state="error", stage="x", progress=0, timestamp=now, error={"message": "Workflow failed"}),
-    ])
-    page = console.get(f"/console/jobs/{job.id}")
-    assert '<pre class="error-message">Workflow failed</pre>' in page.text
+
+    other = make_job()
+    push(console, other, "running", "x", 5)
+    push(console, other, "error", "x", 5, error={"message": "Workflow failed"})
+    assert '<pre class="error-message">Workflow failed</pre>' in console.get(f"/console/jobs/{other.id}").text
+
+
+def test_timeline_times_and_stage_bar():
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [
+        SimpleNamespace(state="waiting", stage=None, error=None, progress=0, timestamp=start),
+        SimpleNamespace(state="running", stage="trim", error=None, progress=20, timestamp=start + timedelta(seconds=10)),
+        SimpleNamespace(state="running", stage="trim", error=None, progress=50, timestamp=start + timedelta(seconds=20)),
+        SimpleNamespace(state="running", stage="align", error=None, progress=60, timestamp=start + timedelta(seconds=40)),
+        SimpleNamespace(state="error", stage="timeout", error="silent", progress=60, timestamp=start + timedelta(seconds=70)),
+    ]
+    timeline = entries(records)
+    assert [format_duration(e.since_previous) for e in timeline] == ["", "10 s", "10 s", "20 s", "30 s"]
+    assert timeline[-1].error.message == "silent" and timeline[0].error is None
+    bar = segments(timeline, finished=True, now=start + timedelta(hours=1))
+    # The final record is an instant; the stages before it split the 70 s.
+    assert [(s.label, s.state, s.duration.total_seconds()) for s in bar] == [
+        ("waiting", "waiting", 10.0), ("trim", "running", 30.0), ("align", "running", 30.0),
+    ]
+    assert [s.offset for s in bar] == [0.0, round(100 / 7, 3), round(400 / 7, 3)]
+    assert abs(sum(s.width for s in bar) - 100) < 0.01
+    # While the job runs, its last stage lasts until now.
+    live = segments(timeline[:4], finished=False, now=start + timedelta(seconds=100))
+    assert live[-1].label == "align" and live[-1].duration == timedelta(seconds=60)
+    assert [format_duration(timedelta(seconds=n)) for n in (0.42, 75, 7322, 200000)] == [
+        "0.4 s", "1 min 15 s", "2 h 2 min", "2 d 7 h",
+    ]
 
 
 def test_an_unknown_job_is_an_html_404(console):

@@ -17,11 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from sqlalchemy import delete
 
-from jobapi import service
 from jobapi.extensions import db
-from jobapi.models import ApiToken
+from jobapi.models import STATES
+from jobapi.tokens import create_token
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -52,18 +51,16 @@ HTTP_TIMEOUT = 10
 REQUESTED: list[str] = []
 
 
-@pytest.fixture(scope="module")
-def tokens(app) -> Iterator[dict[str, str]]:
+@pytest.fixture
+def tokens(app) -> dict[str, str]:
+    """An operator's and a runner's token (every table is emptied after each test)."""
     with app.app_context():
         made = {
-            "operator": service.create_token(db.session, name="console-ops", role="operator").secret,
-            "runner": service.create_token(db.session, name="console-runner", role="runner").secret,
+            "operator": create_token(db.session, name="console-ops", role="operator").secret,
+            "runner": create_token(db.session, name="console-runner", role="runner").secret,
         }
         db.session.commit()
-    yield made
-    with app.app_context():
-        db.session.execute(delete(ApiToken).where(ApiToken.name.in_(["console-ops", "console-runner"])))
-        db.session.commit()
+    return made
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +204,12 @@ def test_make_a_job_and_watch_its_progress_live(browser, live_server, tokens, ma
         "running": make_job(task="build_index", user="carol", args={"ref": "GRCh38"}, proc=8, mem=32),
         "error": make_job(task="pathoscope", user="dave"),
         "cancelled": make_job(task="nuvs", user="erin"),
+        "preparing": make_job(task="build_index", user="frank"),
+        "terminated": make_job(task="pathoscope", user="grace"),
     }
+    assert push(url, others["preparing"].id, others["preparing"].key, "preparing", "download_reference", 5).status_code == 200
+    assert push(url, others["terminated"].id, others["terminated"].key, "running", "map_isolates", 70).status_code == 200
+    assert push(url, others["terminated"].id, others["terminated"].key, "terminated", "map_isolates", 70).status_code == 200
     assert push(url, others["running"].id, others["running"].key, "running", "bowtie_build", 35).status_code == 200
     assert push(url, others["error"].id, others["error"].key, "running", "map_default", 10).status_code == 200
     assert push(
@@ -256,7 +258,9 @@ def test_make_a_job_and_watch_its_progress_live(browser, live_server, tokens, ma
     # The rows changed in place: the page itself was never reloaded.
     assert browser.execute_script("return window.notReloaded === true;")
     counts = {e.get_attribute("data-count"): int(e.text) for e in browser.find_elements(By.CSS_SELECTOR, "[data-count]")}
-    assert counts["complete"] == 1 and counts["running"] == 1 and counts["error"] == 1
+    expected = dict.fromkeys(STATES, 0)
+    expected.update(waiting=1, preparing=1, running=1, complete=1, cancelled=1, error=1, terminated=1)
+    assert counts == expected
 
     # Its timeline: every record, the time between them, and the bar of stages.
     click(browser, By.CSS_SELECTOR, f"#job-{job_id} a")

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import free_port, start_gunicorn, stop_gunicorn
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
-from conftest import free_port, start_gunicorn, stop_gunicorn
-from jobapi import MIGRATIONS_DIRECTORY, create_app, service
+from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.extensions import db
+from jobapi.jobs import service
 from jobapi.models import Job, JobStatus
 
 TIMEOUT = 15

@@ -93,6 +93,8 @@ def test_security_follows_the_readme_matrix(document):
         ("/api/jobs/{job_id}/cancel", "post"): [{"bearerToken": ["operator"]}],
         ("/api/jobs/{job_id}", "delete"): [{"bearerToken": ["operator"]}],
         ("/api/jobs/claim", "post"): [{"bearerToken": ["runner"]}],
+        # JOB_ACQUIRE=runner, the default; "open" adds {} (anyone).
+        ("/api/jobs/{job_id}", "patch"): [{"bearerToken": ["runner"]}],
     }
     schemes = document["components"]["securitySchemes"]
     assert schemes["jobKey"] == {"type": "http", "scheme": "basic", "description": schemes["jobKey"]["description"]}

@@ -107,14 +107,14 @@ def test_workers_starting_at_once_all_get_the_one_key(tmp_path):
 
 
 def test_sessions_survive_a_restart(app, database_url, tmp_path):
-    from jobapi import service
+    from jobapi import tokens
     from jobapi.extensions import db
     from jobapi.models import ApiToken
 
     path = tmp_path / "secret_key"
     before = _app(database_url, SECRET_KEY_FILE=str(path))
     with before.app_context():
-        secret = service.create_token(db.session, name="restart-ops", role="operator").secret
+        secret = tokens.create_token(db.session, name="restart-ops", role="operator").secret
         db.session.commit()
     try:
         client = before.test_client()

@@ -28,6 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER_SECONDS": 5,
     # Seconds a finished job's key still reads the job and replays its last push.
     "JOB_KEY_GRACE_SECONDS": 600,
+    # Status records a job may hold; a push past it is refused (SPEC 8).
+    "JOB_MAX_STATUS_RECORDS": 10_000,
+    # Who may acquire a job by its id (SPEC 7.1): "runner" (a runner token) or "open" (anyone).
+    "JOB_ACQUIRE": "runner",
     # "text" (gunicorn's line format) or "json" (one object a line); see logs.py.
     "LOG_FORMAT": "text",
     # Signs the console's session cookie. Unset: a random key kept in
@@ -46,6 +50,23 @@ DEFAULTS: dict[str, Any] = {
 }
 
 LOG_FORMATS = ("text", "json")
+ACQUIRE_MODES = ("runner", "open")
+
+
+def acquire_mode(value: str) -> str:
+    """A ``JOB_ACQUIRE`` value, checked: ``runner`` or ``open``."""
+    value = value.strip().lower()
+    if value not in ACQUIRE_MODES:
+        raise ValueError(f"not one of {', '.join(ACQUIRE_MODES)}")
+    return value
+
+
+def positive_int(value: str) -> int:
+    """An integer of at least 1."""
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value!r} is less than 1")
+    return number
 
 
 def log_format(value: str) -> str:
@@ -77,6 +98,8 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "JOB_KEY_GRACE_SECONDS": ("JOB_KEY_GRACE_SECONDS", float),
     "RETRY_AFTER_SECONDS": ("RETRY_AFTER_SECONDS", int),
     "LOG_FORMAT": ("LOG_FORMAT", log_format),
+    "JOB_MAX_STATUS_RECORDS": ("JOB_MAX_STATUS_RECORDS", positive_int),
+    "JOB_ACQUIRE": ("JOB_ACQUIRE", acquire_mode),
     "SECRET_KEY": ("SECRET_KEY", str),
     "SECRET_KEY_FILE": ("SECRET_KEY_FILE", str),
 }

@@ -18,15 +18,21 @@ import os
 from collections.abc import Iterator
 
 from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from .extensions import db
-from .models import STATES, Job
+from .jobs.pages import count_by_state
+from .jobs.states import STATES
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +91,7 @@ class JobStateCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
-            counts = dict(
-                self.session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
-            )
+            counts = count_by_state(self.session)
         except sa_exc.SQLAlchemyError as error:
             # The other metrics are still worth a scrape; this one is left out.
             log.warning("jobapi_jobs left out of the scrape: %s", type(error).__name__)

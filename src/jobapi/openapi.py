@@ -18,7 +18,6 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from apispec import APISpec
@@ -27,13 +26,20 @@ from flask import Blueprint, Flask, Response, current_app
 from marshmallow import Schema, fields, validate
 from werkzeug.routing import Rule
 
+from . import __version__
 from .auth import IDEMPOTENCY_HEADER, Access
 from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, HTTP_ERRORS
-from .models import STATES
+from .jobs.states import ERROR_ALLOWED, ERROR_REQUIRED, STATES
+from .models import JOB_ID_PATTERN
 from .schemas import (
     MAX_ARGS_BYTES,
+    MAX_ERROR_BYTES,
+    MAX_ERROR_CHARACTERS,
+    AcquireSchema,
     ClaimSchema,
+    ErrorField,
     ErrorMessages,
+    ErrorOut,
     ErrorSchema,
     JobCreateSchema,
     JobListQuerySchema,
@@ -41,6 +47,7 @@ from .schemas import (
     JobPageSchema,
     JobSummarySchema,
     NewJobSchema,
+    PingRef,
     PingSchema,
     Progress,
     RemoveQuerySchema,
@@ -78,6 +85,7 @@ class HealthSchema(Schema):
     """The process is up."""
 
     status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    version = fields.String(required=True, metadata={"description": "The release the process runs."})
 
 
 class ReadySchema(Schema):
@@ -108,6 +116,7 @@ SCHEMAS: tuple[tuple[str, type[Schema]], ...] = (
     ("JobSummary", JobSummarySchema),
     ("JobPage", JobPageSchema),
     ("Claim", ClaimSchema),
+    ("Acquire", AcquireSchema),
     ("Error", ErrorSchema),
     ("Health", HealthSchema),
     ("Ready", ReadySchema),
@@ -119,16 +128,54 @@ SCHEMAS: tuple[tuple[str, type[Schema]], ...] = (
 STATUS_IN_RULES = {
     "oneOf": [
         {
-            "properties": {"state": {"const": "error"}, "error": {"type": "string"}},
+            "properties": {
+                "state": {"enum": sorted(ERROR_REQUIRED)},
+                "error": {"$ref": "#/components/schemas/JobError"},
+            },
             "required": ["error"],
         },
         {
             "properties": {
-                "state": {"enum": [state for state in STATES if state != "error"]},
+                "state": {"enum": sorted(ERROR_ALLOWED - ERROR_REQUIRED)},
+                "error": {"anyOf": [{"$ref": "#/components/schemas/JobError"}, {"type": "null"}]},
+            },
+        },
+        {
+            "properties": {
+                "state": {"enum": [state for state in STATES if state not in ERROR_ALLOWED]},
                 "error": {"type": "null"},
             },
         },
     ]
+}
+
+# A record's error: a string, Virtool's error object, or virtool-workflow 1.x's.
+_NO_NUL_STRING = {"type": "string", "pattern": NO_NUL_PATTERN}
+JOB_ERROR = {
+    "description": (
+        f"What went wrong: a string of 1 to {MAX_ERROR_CHARACTERS} characters, or an object "
+        f"as Virtool's workers send it, at most {MAX_ERROR_BYTES} bytes as JSON; "
+        "kept exactly as given. No NUL characters."
+    ),
+    "anyOf": [
+        {**_NO_NUL_STRING, "minLength": 1, "maxLength": MAX_ERROR_CHARACTERS},
+        {
+            "type": "object",
+            "properties": {
+                "type": _NO_NUL_STRING,
+                "traceback": {"type": "array", "items": _NO_NUL_STRING},
+                "details": {"type": "array", "items": _NO_NUL_STRING},
+            },
+            "required": ["type", "traceback", "details"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"message": _NO_NUL_STRING},
+            "required": ["message"],
+            "additionalProperties": False,
+        },
+    ],
 }
 
 # Any JSON value without NUL characters, which a job's args may hold (PostgreSQL cannot store NUL).
@@ -288,6 +335,21 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
             job_state=(200, 409),
         ),
     },
+    "jobs.acquire_job": {
+        "PATCH": Operation(
+            tag="workers",
+            answers={
+                200: Answer(
+                    "The job's document and a fresh key; every key it had stops working.",
+                    "NewJob",
+                    ("JobState",),
+                )
+            },
+            errors=(400, 404, 409, 413, 415, 422),
+            body="Acquire",
+            job_state=(200, 400, 409, 422),
+        ),
+    },
     "jobs.create_job": {
         "POST": Operation(
             tag="operators",
@@ -379,6 +441,7 @@ def part_of_the_api(endpoint: str) -> bool:
 
 TAGS = [
     {"name": "jobs", "description": "A job's own routes, with its key (operators may read a job too)."},
+    {"name": "workers", "description": "Acquire a job by its id (Virtool's workers): with a runner token, or open to anyone with `JOB_ACQUIRE=open`."},
     {"name": "operators", "description": "Make, list, cancel and remove jobs, with an operator token."},
     {"name": "runners", "description": "Claim queued work, with a runner token."},
     {"name": "probes", "description": "Health, readiness and metrics, without authentication."},
@@ -463,10 +526,21 @@ def _custom_fields(converter, obj: fields.Field, **kwargs: Any) -> dict[str, Any
     if isinstance(obj, UserRef):
         return {
             "type": "object",
-            "properties": {"id": {"type": "string"}},
-            "required": ["id"],
+            "properties": {"id": {"type": "string"}, "handle": {"type": "string"}},
+            "required": ["id", "handle"],
             "additionalProperties": False,
         }
+    if isinstance(obj, PingRef):
+        return {
+            "type": ["object", "null"],
+            "properties": {"pinged_at": {"type": "string", "format": "date-time"}},
+            "required": ["pinged_at"],
+            "additionalProperties": False,
+        }
+    if isinstance(obj, ErrorField):
+        return {"anyOf": [{"$ref": "#/components/schemas/JobError"}, {"type": "null"}]}
+    if isinstance(obj, ErrorOut):
+        return {"anyOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}]}
     if isinstance(obj, ErrorMessages):
         return {
             "additionalProperties": {
@@ -553,10 +627,12 @@ def _answer(answer: Answer) -> dict[str, Any]:
     return response
 
 
-def _security(access: Access | None) -> list[dict[str, list[str]]] | None:
+def _security(app: Flask, access: Access | None) -> list[dict[str, list[str]]] | None:
     if access is None:
         return None
     requirements: list[dict[str, list[str]]] = []
+    if access.open_when is not None and app.config.get(access.open_when[0]) == access.open_when[1]:
+        requirements.append({})  # open to anyone, by the app's configuration
     if access.job:
         requirements.append({JOB_KEY: []})
     if access.roles:
@@ -576,7 +652,7 @@ def _operation(app: Flask, rule: Rule, method: str, described: Operation) -> dic
     }
     if details.strip():
         operation["description"] = " ".join(details.split())
-    security = _security(access)
+    security = _security(app, access)
     if security is not None:
         operation["security"] = security
 
@@ -614,19 +690,12 @@ def _operation(app: Flask, rule: Rule, method: str, described: Operation) -> dic
     return operation
 
 
-def _package_version() -> str:
-    try:
-        return version("jobapi")
-    except PackageNotFoundError:  # pragma: no cover - run from a bare checkout
-        return "0.0.0"
-
-
 def build_document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route of ``app`` this module describes."""
     plugin = _make_plugin()
     spec = APISpec(
         title="jobapi",
-        version=_package_version(),
+        version=__version__,
         openapi_version=OPENAPI_VERSION,
         plugins=[plugin],
         info={"description": DESCRIPTION.format(body_limit=app.config["MAX_CONTENT_LENGTH"])},
@@ -654,6 +723,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         },
     )
     spec.components.schema("JsonValue", JSON_VALUE)
+    spec.components.schema("JobError", JOB_ERROR)
     for name, schema in SCHEMAS:
         extra: dict[str, Any] = {"description": (schema.__doc__ or "").strip()}
         if schema is StatusInSchema:
@@ -675,7 +745,7 @@ def build_document(app: Flask) -> dict[str, Any]:
             "name": "job_id",
             "description": "A job's id: 8 characters of a-z and 0-9 (any other names no job: 404).",
             "required": True,
-            "schema": {"type": "string", "pattern": "^[a-z0-9]{8}$"},
+            "schema": {"type": "string", "pattern": f"^{JOB_ID_PATTERN}$"},
         },
     )
     spec.components.response("NotFound", _error_response(404))

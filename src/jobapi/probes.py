@@ -12,10 +12,11 @@ import logging
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from flask import Blueprint, Flask, current_app
-from sqlalchemy import inspect, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
+from . import __version__
 from .errors import error_response
 from .extensions import db
 
@@ -58,8 +59,8 @@ def database_revisions(session: Session) -> frozenset[str] | None:
 
 @bp.get("/healthz")
 def healthz():
-    """The process is up and answering; touches nothing else."""
-    return {"status": "ok"}
+    """The process is up and answering, and which release it runs; touches nothing else."""
+    return {"status": "ok", "version": __version__}
 
 
 @bp.get("/readyz")

@@ -1,11 +1,11 @@
 """The console's one contact with the service layer: every read and action its pages make.
 
-Pages call these functions, never the service directly, so the console
-follows the same rules as the API and the CLI. Service errors become a
-``Refused`` with the message the page shows, in one place (``refusals``).
-The two reads the service has no function for (jobs by state, and the
-"newer" direction of the keyset pages) are here too, next to the reads
-they extend.
+Pages call these functions, never the service modules directly, so the
+console follows the same rules as the API and the CLI. The domain's
+refusals become a ``Refused`` with the message the page shows and the
+status ``errors.py`` gives them, in one place (``refusals``). Two reads the
+service modules have no function for are here too: counts by state within
+the task and user filters, and the operator a session names.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import ValidationError
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 
-from .. import service
-from ..errors import APIError
+from .. import tokens
+from ..errors import domain_error_status
+from ..exceptions import DomainError, InvalidCursor
 from ..extensions import db
+from ..jobs import pages, service
 from ..models import STATES, ApiToken, Job
 from ..payload import loads_strict
 from ..schemas import job_create_schema
@@ -48,11 +50,11 @@ class FormInvalid(Exception):
 
 @contextmanager
 def refusals() -> Iterator[None]:
-    """Turn the service's errors into ``Refused``: the one place that reads them."""
+    """Turn the domain's refusals into ``Refused``: the one place that reads them."""
     try:
         yield
-    except APIError as error:
-        raise Refused(error.message, error.status) from None
+    except DomainError as error:
+        raise Refused(error.message, domain_error_status(error)[0]) from None
 
 
 # Who is signed in
@@ -60,7 +62,7 @@ def refusals() -> Iterator[None]:
 
 def sign_in(secret: str) -> ApiToken:
     """The operator token a person signs in with; runner tokens and job keys are refused."""
-    token = service.find_token(db.session, secret.strip())
+    token = tokens.find_token(db.session, secret.strip())
     if token is None:
         raise Refused("Invalid or revoked token", 401)
     if token.role != OPERATOR:
@@ -110,52 +112,37 @@ class JobsPage:
     first: bool
 
 
+_BAD_CURSOR = "That page link is not valid: start from the newest jobs"
+
+
 def list_jobs(filters: Filters, limit: int, *, cursor: str | None = None, before: str | None = None) -> JobsPage:
     """A page of jobs: the newest, the one after ``cursor`` (older), or the one before ``before`` (newer).
 
-    Pages are keyset pages on (created_at, id), as the API's: ``cursor``
-    goes to ``service.list_jobs``; ``before`` reads the other way here.
+    Keyset pages on (created_at, id), as the API's. A "newer" page with
+    nothing newer beyond it is the first page, shown whole.
     """
-    if before is not None:
-        page = _newer_jobs(filters, limit, before)
-        if page is not None:
-            return page
-        cursor = None  # nothing newer than a full page: that is the first page
+    found = None
     try:
-        with refusals():
-            found = service.list_jobs(
+        if before is not None:
+            found = pages.list_jobs(
+                db.session, state=filters.state, task=filters.task, user=filters.user,
+                limit=limit, before=before,
+            )
+            if found.previous_cursor is None:
+                found = None
+        if found is None:
+            cursor = None if before is not None else cursor
+            found = pages.list_jobs(
                 db.session, state=filters.state, task=filters.task, user=filters.user,
                 limit=limit, cursor=cursor,
             )
-    except service.InvalidCursor:
-        raise Refused("That page link is not valid: start from the newest jobs", 400) from None
-    jobs = found.jobs
-    newer = service.encode_cursor(jobs[0]) if cursor is not None and jobs else None
-    return JobsPage(jobs=jobs, older=found.next_cursor, newer=newer, first=cursor is None)
-
-
-def _newer_jobs(filters: Filters, limit: int, before: str) -> JobsPage | None:
-    """The ``limit`` jobs just newer than the cursor's, newest first; None if fewer are left."""
-    try:
-        created_at, job_id = service.decode_cursor(before)
-    except service.InvalidCursor:
-        raise Refused("That page link is not valid: start from the newest jobs", 400) from None
-    query = filters.where(
-        select(Job)
-        .where(or_(Job.created_at > created_at, and_(Job.created_at == created_at, Job.id > job_id)))
-        .order_by(Job.created_at, Job.id)
-        .limit(limit + 1)
-    )
-    jobs = db.session.scalars(query).all()
-    if len(jobs) <= limit:
-        return None
-    page = list(reversed(jobs[:limit]))
-    return JobsPage(
-        jobs=page,
-        older=service.encode_cursor(page[-1]),
-        newer=service.encode_cursor(page[0]),
-        first=False,
-    )
+            return JobsPage(
+                jobs=found.jobs, older=found.next_cursor, newer=found.previous_cursor,
+                first=cursor is None,
+            )
+    except InvalidCursor:
+        raise Refused(_BAD_CURSOR, 400) from None
+    return JobsPage(jobs=found.jobs, older=found.next_cursor, newer=found.previous_cursor, first=False)
 
 
 def count_by_state(filters: Filters) -> dict[str, int]:

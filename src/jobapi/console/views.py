@@ -1,8 +1,12 @@
 """The console's pages and the hooks that guard them: CSRF on every form, a signed-in operator
-on every page but sign-in, HTML (never JSON, never a stack trace) for every error."""
+on every page but sign-in, HTML (never JSON, never a stack trace) for every error.
+
+As on every route, the request's transaction is committed when a page answers
+below 400 (``jobapi.transaction``); a refused action rolls back at once."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -65,6 +69,7 @@ def admit():
             503,
         )
     if request.method == "POST":
+        _parse_form()
         csrf.protect()
     if request.method == "POST" and request.endpoint in WRITING_ENDPOINTS:
         begin_write(db.session)
@@ -83,6 +88,18 @@ def admit():
         return redirect(url_for("console.sign_in", next=_here()))
     g.operator = operator
     return None
+
+
+def _parse_form() -> None:
+    """Parse the posted form from the body the app has already read (``payload.read_body``
+    reads every body into ``g.body_bytes`` before any view, leaving the stream empty)."""
+    body = g.get("body_bytes")
+    if body is None or "form" in request.__dict__:
+        return
+    parser = request.make_form_data_parser()
+    stream, form, files = parser.parse(io.BytesIO(body), request.mimetype, len(body), request.mimetype_params)
+    # Where werkzeug keeps what it parsed itself (Request._load_form_data).
+    request.__dict__.update(stream=stream, form=form, files=files)
 
 
 @bp.after_request
@@ -247,7 +264,6 @@ def _job_context(job_id: str) -> dict[str, Any]:
         "job": job,
         "timeline": timeline,
         "segments": segments(timeline, finished=job.finished, now=now),
-        "acquired": getattr(job, "acquired", None),
         "now": now,
         "live_url": url_for("console.job_live", job_id=job.id),
     }
@@ -278,7 +294,6 @@ def new_job():
         made = actions.make_job(form)
     except actions.FormInvalid as invalid:
         return render_template("console/new_job.html", form=form, errors=invalid.errors), 422
-    db.session.commit()
     return render_template("console/job_made.html", job=made.job, key=made.key), 201
 
 
@@ -291,7 +306,6 @@ def cancel(job_id: str):
         db.session.rollback()
         flash(f"Not cancelled: {refused.message}.", "error")
         return redirect(url_for("console.job", job_id=job_id), 303)
-    db.session.commit()
     if outcome.changed:
         flash(f"Job {job_id} is cancelled: its worker's next push is refused.", "info")
     else:
@@ -312,7 +326,6 @@ def remove(job_id: str):
         db.session.rollback()
         flash(f"Not removed: {refused.message}.", "error")
         return redirect(url_for("console.job", job_id=job_id), 303)
-    db.session.commit()
     flash(f"Job {job_id} is removed{' (forced)' if force else ''}.", "info")
     return redirect(url_for("console.jobs"), 303)
 
