@@ -8,14 +8,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from sqlalchemy import update
 from conftest import ROOT, free_port
+from sqlalchemy import update
 
 from jobapi.client import (
     Conflict,

@@ -9,7 +9,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import make_url

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import importlib.metadata
-
 from collections.abc import Callable, Iterator
 
 import pytest
-
-import jobapi
 import requests
 from alembic.script import ScriptDirectory
 from conftest import free_port
 from flask import Flask
 from flask_migrate import upgrade
 
+import jobapi
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.extensions import db
 

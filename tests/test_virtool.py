@@ -7,11 +7,11 @@ import json
 from datetime import timedelta
 
 import pytest
+from conftest import JobCredentials, bearer, push, push_body
 from sqlalchemy import update
 from virtool_core.models.job import Job as VirtoolJob
 from virtool_core.models.job import JobAcquired, JobStatus
 
-from conftest import JobCredentials, bearer, push, push_body
 from jobapi.extensions import db
 from jobapi.jobs.states import STATES
 from jobapi.models import Job, utcnow

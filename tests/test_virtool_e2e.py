@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import LiveServer, start_gunicorn, stop_gunicorn
 from virtool_core.models.job import Job as VirtoolJob
 from virtool_core.models.job import JobAcquired, JobStatus
 
-from conftest import LiveServer, start_gunicorn, stop_gunicorn
 from jobapi.extensions import db
 from jobapi.jobs import service
 

@@ -72,26 +72,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(read_body)
 
     from .jobs.views import bp as jobs_bp
-
-    app.register_blueprint(jobs_bp, url_prefix="/api")
-
     from .observability import init_observability
+    from .openapi import freeze_document, init_openapi
     from .probes import init_probes
 
-    init_observability(app)
-    init_probes(app)
+    # The API's blueprints are registered through flask-smorest's Api, which
+    # documents each route as it comes (jobapi.openapi).
+    api = init_openapi(app)
+    api.register_blueprint(jobs_bp, url_prefix="/api")
+    init_observability(app, api)
+    init_probes(app, api)
+    freeze_document(app, api)
 
-    # Pages for people, not part of the API: the operator console and the API's docs.
+    # Pages for people, not part of the API (nor of its document): the
+    # operator console and the API's docs.
     from .apidocs import bp as apidocs_bp
     from .console import init_console
 
     init_console(app)
     app.register_blueprint(apidocs_bp, url_prefix="/api")
-
-    # Last of the routes: the OpenAPI document describes those registered before it.
-    from .openapi import init_openapi
-
-    init_openapi(app)
 
     # Last of the after_request hooks, so it runs first: the others see the
     # answer as it leaves, after the commit.

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Iterator
 
-from flask import Blueprint, Response
+from flask import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from .extensions import db
 from .jobs.pages import count_by_state
 from .jobs.states import STATES
+from .openapi import Blueprint
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,9 @@ class JobStateCollector:
         yield family
 
 
-@bp.get("/metrics")
+@bp.get("/metrics", tags=["probes"])
+@bp.answers(200, "PrometheusText", "Every metric, in Prometheus's text exposition format.", media_type="text/plain")
+@Blueprint.without_database  # a scrape without the database leaves out the jobs gauge, and still answers
 def metrics() -> Response:
     """Every metric, in Prometheus's text format; unauthenticated, like the probes."""
     registry = CollectorRegistry()

@@ -15,16 +15,17 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from . import metrics
 from .jobs.service import is_job_id
 from .logs import FIELDS_ATTRIBUTE, init_app_logging
+from .openapi import Api
 
 request_log = logging.getLogger("jobapi.request")
 
 
-def init_observability(app: Flask) -> None:
+def init_observability(app: Flask, api: Api) -> None:
     """Log and count every request the app answers, and serve ``/metrics``."""
     init_app_logging(app)
     app.before_request(_start_clock)
     app.after_request(_observe_request)
-    app.register_blueprint(metrics.bp)
+    api.register_blueprint(metrics.bp)
 
 
 def _start_clock() -> None:

@@ -11,7 +11,7 @@ import logging
 
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from flask import Blueprint, Flask, current_app
+from flask import Flask, current_app
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
@@ -19,16 +19,20 @@ from sqlalchemy.orm import Session
 from . import __version__
 from .errors import error_response
 from .extensions import db
+from .openapi import Api, Blueprint, not_ready_response
+from .schemas import HealthSchema, ReadySchema
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("probes", __name__)
 
+_PROBES = ["probes"]
+
 # app.extensions key: the revision ids at the head of the app's migrations.
 HEADS_EXTENSION = "jobapi.migration_heads"
 
 
-def init_probes(app: Flask) -> None:
+def init_probes(app: Flask, api: Api) -> None:
     """Read the head revisions of the app's migrations and register the probe routes."""
     directory = app.extensions["migrate"].directory
     try:
@@ -38,7 +42,7 @@ def init_probes(app: Flask) -> None:
         log.warning("no migrations at %s (%s): /readyz will answer 503", directory, error)
         heads = frozenset()
     app.extensions[HEADS_EXTENSION] = heads
-    app.register_blueprint(bp)
+    api.register_blueprint(bp)
 
 
 def database_revisions(session: Session) -> frozenset[str] | None:
@@ -57,13 +61,17 @@ def database_revisions(session: Session) -> frozenset[str] | None:
         raise
 
 
-@bp.get("/healthz")
+@bp.get("/healthz", tags=_PROBES)
+@bp.answers(200, HealthSchema, "The process answers.")
+@Blueprint.without_database
 def healthz():
     """The process is up and answering, and which release it runs; touches nothing else."""
     return {"status": "ok", "version": __version__}
 
 
-@bp.get("/readyz")
+@bp.get("/readyz", tags=_PROBES)
+@bp.answers(200, ReadySchema, "Ready to serve.")
+@bp.alt_response(**not_ready_response())
 def readyz():
     """Ready to serve: the database answers and its migrations are at head; else 503."""
     heads = current_app.extensions[HEADS_EXTENSION]

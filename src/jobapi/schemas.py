@@ -374,6 +374,33 @@ class ErrorSchema(Schema):
     state = fields.String(validate=_state)
 
 
+# The probes' answers (they build them by hand; these document them).
+
+
+class HealthSchema(Schema):
+    """The process is up."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    version = fields.String(required=True, metadata={"description": "The release the process runs."})
+
+
+class ReadySchema(Schema):
+    """The database answers and its migrations are at head."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ready"]))
+    database = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    migrations = fields.String(required=True, validate=validate.OneOf(["head"]))
+
+
+class NotReadySchema(ErrorSchema):
+    """Not ready (503): the error envelope, with what is not ready."""
+
+    database = fields.String(required=True, validate=validate.OneOf(["ok", "unavailable"]))
+    migrations = fields.String(
+        required=True, validate=validate.OneOf(["unknown", "none", "not_at_head"])
+    )
+
+
 status_in_schema = StatusInSchema()
 job_create_schema = JobCreateSchema()
 status_out_schema = StatusOutSchema()

@@ -9,7 +9,7 @@ request's transaction is committed or rolled back when the request ends
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, request, url_for
+from flask import current_app, g, request, url_for
 from sqlalchemy import inspect
 from werkzeug.routing import BaseConverter
 
@@ -24,7 +24,15 @@ from ..errors import InvalidInput
 from ..extensions import db
 from ..models import JOB_ID_PATTERN
 from ..observability import record_stored_push
+from ..openapi import IDEMPOTENCY_PARAMETER, Blueprint
 from ..schemas import (
+    JobListQuerySchema,
+    JobOutSchema,
+    JobPageSchema,
+    NewJobSchema,
+    PingSchema,
+    RemoveQuerySchema,
+    StatusOutSchema,
     acquire_schema,
     claim_schema,
     job_create_schema,
@@ -97,14 +105,19 @@ def _query(schema) -> dict:
 # A job's own routes (HTTP Basic job key), which operators may read too.
 
 
-@bp.get("/jobs/<job_id:job_id>")
+@bp.get("/jobs/<job_id:job_id>", tags=["jobs"])
+@bp.answers(200, JobOutSchema, "The job's document.", headers=["JobState"])
+@bp.refuses(404)
 @allow(job=True, roles=["operator"])
 def get_job(job_id: str):
     """The job's full document with every status record, oldest first."""
     return job_document(g.job, service.status_history(db.session, g.job.id))
 
 
-@bp.post("/jobs/<job_id:job_id>/status")
+@bp.post("/jobs/<job_id:job_id>/status", tags=["jobs"])
+@bp.answers(200, StatusOutSchema, "The stored record.", headers=["JobState"])
+@bp.refuses(400, 404, 409, 415, 422, job_state=(400, 409, 415, 422))
+@bp.doc(parameters=[IDEMPOTENCY_PARAMETER])
 @allow(job=True)
 @takes_json(status_in_schema)
 def push_status(job_id: str):
@@ -130,7 +143,9 @@ def push_status(job_id: str):
     return status_document(pushed.record)
 
 
-@bp.put("/jobs/<job_id:job_id>/ping")
+@bp.put("/jobs/<job_id:job_id>/ping", tags=["jobs"])
+@bp.answers(200, PingSchema, "The heartbeat is recorded.", headers=["JobState"])
+@bp.refuses(404, 409, job_state=(409,))
 @allow(job=True)
 def ping(job_id: str):
     """Record a heartbeat: the job is still alive. Any body is ignored."""
@@ -138,7 +153,10 @@ def ping(job_id: str):
     return ping_schema.dump({"state": g.job.state, "pinged_at": pinged_at})
 
 
-@bp.patch("/jobs/<job_id:job_id>")
+@bp.patch("/jobs/<job_id:job_id>", tags=["workers"])
+@bp.answers(200, NewJobSchema, "The job's document and a fresh key; every key it had stops working.",
+            headers=["JobState"])
+@bp.refuses(400, 404, 409, 415, 422, job_state=(400, 409, 415, 422))
 @allow(roles=["runner"], open_when=("JOB_ACQUIRE", "open"))
 @takes_json(acquire_schema)
 def acquire_job(job_id: str):
@@ -156,7 +174,9 @@ def acquire_job(job_id: str):
 # Operators (bearer token, role operator)
 
 
-@bp.post("/jobs")
+@bp.post("/jobs", tags=["operators"])
+@bp.answers(201, NewJobSchema, "The job made, with its key (shown only this once).", headers=["Location"])
+@bp.refuses(400, 415, 422)
 @allow(roles=["operator"])
 @takes_json(job_create_schema)
 def create_job():
@@ -165,21 +185,30 @@ def create_job():
     return _new_job_document(new), 201, {"Location": url_for("jobs.get_job", job_id=new.job.id)}
 
 
-@bp.get("/jobs")
+@bp.get("/jobs", tags=["operators"])
+@bp.answers(200, JobPageSchema, "A page of jobs, newest first.")
+@bp.refuses(422)
+@bp.query(JobListQuerySchema)
 @allow(roles=["operator"])
 def list_jobs():
     """Jobs newest first with their current state, a page at a time."""
     return job_page_schema.dump(pages.list_jobs(db.session, **_query(job_list_query_schema)))
 
 
-@bp.post("/jobs/<job_id:job_id>/cancel")
+@bp.post("/jobs/<job_id:job_id>/cancel", tags=["operators"])
+@bp.answers(200, StatusOutSchema, "The `cancelled` record (the existing one if already cancelled).",
+            headers=["JobState"])
+@bp.refuses(404, 409, job_state=(409,))
 @allow(roles=["operator"])
 def cancel_job(job_id: str):
     """Cancel a job that is not finished; cancelling a cancelled job answers its record again."""
     return status_document(service.cancel_job(db.session, job_id).record)
 
 
-@bp.delete("/jobs/<job_id:job_id>")
+@bp.delete("/jobs/<job_id:job_id>", tags=["operators"])
+@bp.answers(204, None, "The job and its records are deleted.")
+@bp.refuses(404, 409, 422)
+@bp.query(RemoveQuerySchema)
 @allow(roles=["operator"])
 def remove_job(job_id: str):
     """Delete a finished job and its records (any job with ``?force=true``)."""
@@ -190,7 +219,10 @@ def remove_job(job_id: str):
 # Runners (bearer token, role runner)
 
 
-@bp.post("/jobs/claim")
+@bp.post("/jobs/claim", tags=["runners"])
+@bp.answers(200, NewJobSchema, "The claimed job, with a fresh key; the key it had stops working.")
+@bp.answers(204, None, "No waiting job fits.")
+@bp.refuses(400, 415, 422)
 @allow(roles=["runner"])
 @takes_json(claim_schema)
 def claim_job():
