@@ -6,7 +6,6 @@ below 400 (``jobapi.transaction``); a refused action rolls back at once."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -69,7 +68,6 @@ def admit():
             503,
         )
     if request.method == "POST":
-        _parse_form()
         csrf.protect()
     if request.method == "POST" and request.endpoint in WRITING_ENDPOINTS:
         begin_write(db.session)
@@ -88,18 +86,6 @@ def admit():
         return redirect(url_for("console.sign_in", next=_here()))
     g.operator = operator
     return None
-
-
-def _parse_form() -> None:
-    """Parse the posted form from the body the app has already read (``payload.read_body``
-    reads every body into ``g.body_bytes`` before any view, leaving the stream empty)."""
-    body = g.get("body_bytes")
-    if body is None or "form" in request.__dict__:
-        return
-    parser = request.make_form_data_parser()
-    stream, form, files = parser.parse(io.BytesIO(body), request.mimetype, len(body), request.mimetype_params)
-    # Where werkzeug keeps what it parsed itself (Request._load_form_data).
-    request.__dict__.update(stream=stream, form=form, files=files)
 
 
 @bp.after_request
