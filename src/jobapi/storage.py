@@ -1,4 +1,5 @@
-"""Database engines per dialect: SQLite pragmas and write transactions, PostgreSQL timeouts."""
+"""Database engines per dialect: SQLite pragmas and write transactions, PostgreSQL timeouts
+and a deadline on every answer."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, scoped_session
+
+from .deadline import ConnectionGate, DeadlineConnection, NoAnswer
 
 # Execution option that asks SQLite for the write lock when the transaction begins.
 WRITE_OPTION = "jobapi_write"
@@ -29,6 +32,17 @@ def engine_options(url: str, config: dict[str, Any]) -> dict[str, Any]:
                 "connect_timeout": config["DB_CONNECT_TIMEOUT"],
                 "options": f"-c statement_timeout={config['DB_STATEMENT_TIMEOUT_MS']}",
                 "application_name": "jobapi",
+                # A peer that vanished (a black-holed network, a dead host):
+                # the kernel drops a connection whose sent data goes
+                # unacknowledged this long, and probes idle pooled ones, which
+                # also keeps firewalls from forgetting them. A server that is
+                # frozen but whose kernel still acknowledges is caught by the
+                # response deadline (DeadlineConnection) instead.
+                "tcp_user_timeout": int(config["DB_RESPONSE_TIMEOUT"] * 1000),
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
             },
         )
     elif backend == "sqlite":
@@ -43,6 +57,25 @@ def configure_engine(engine: Engine, config: dict[str, Any]) -> None:
     """Install the per-connection set-up a dialect needs."""
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine, config)
+    elif engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        _configure_postgresql(engine, config)
+
+
+def _configure_postgresql(engine: Engine, config: dict[str, Any]) -> None:
+    response_timeout = config["DB_RESPONSE_TIMEOUT"]
+    gate = ConnectionGate(connect_timeout=config["DB_CONNECT_TIMEOUT"])
+
+    @event.listens_for(engine, "do_connect")
+    def connect(_dialect, _record, cargs, cparams):
+        connection = gate.connect(lambda: DeadlineConnection.connect(*cargs, **cparams))
+        connection.response_timeout = response_timeout
+        return connection
+
+    @event.listens_for(engine, "handle_error")
+    def on_error(context):
+        error = context.original_exception
+        if isinstance(error, NoAnswer):
+            gate.not_answering()
 
 
 def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
