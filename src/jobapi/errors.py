@@ -154,6 +154,20 @@ def handle_database_unavailable(error: sa_exc.SQLAlchemyError) -> Response:
     )
 
 
+def handle_database_error(error: sa_exc.DBAPIError) -> Response:
+    """A database error: 503 when the database cannot serve now, a bug (500) otherwise.
+
+    It cannot serve when it is unreachable or does not answer, or refuses
+    writes (read-only).
+    """
+    from .storage import READ_ONLY_SQLSTATE
+
+    read_only = getattr(error.orig, "sqlstate", None) == READ_ONLY_SQLSTATE
+    if read_only or isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return handle_database_unavailable(error)
+    raise error
+
+
 def _snake(name: str) -> str:
     return "_".join(name.lower().replace("-", " ").split())
 
@@ -164,7 +178,8 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(InternalServerError, handle_internal_error)
-    # Connection failures, timeouts and a pool with no free connection: the
-    # database cannot serve now, which is no bug of the request.
-    for exc_type in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
-        app.register_error_handler(exc_type, handle_database_unavailable)
+    # Connection failures, timeouts, a pool with no free connection, a
+    # read-only database: the database cannot serve now, which is no bug of
+    # the request.
+    app.register_error_handler(sa_exc.TimeoutError, handle_database_unavailable)
+    app.register_error_handler(sa_exc.DBAPIError, handle_database_error)

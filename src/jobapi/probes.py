@@ -1,8 +1,9 @@
 """Probes for an orchestrator: ``/healthz`` (the process answers) and ``/readyz`` (it can serve).
 
 Both are unauthenticated and cheap. ``/readyz`` is ready when the database
-answers and its migrations are at the head of ``migrations/``; the head is
-read from the migration scripts once, when the app is made.
+answers, its migrations are at the head of ``migrations/``, and it would
+accept writes; the head is read from the migration scripts once, when the app
+is made.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from .errors import error_response
 from .extensions import db
+from .storage import write_problem
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +66,11 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready to serve: the database answers and its migrations are at head; else 503."""
+    """Ready to serve: the database answers, its migrations are at head, writes would succeed; else 503."""
     heads = current_app.extensions[HEADS_EXTENSION]
     try:
         current = database_revisions(db.session)
+        refused = write_problem(db.session)
     except sa_exc.SQLAlchemyError as error:
         log.warning("not ready: database unavailable: %s", _first_line(error))
         return _not_ready("Database unavailable", database="unavailable", migrations="unknown")
@@ -81,6 +84,9 @@ def readyz():
             database="ok",
             migrations="not_at_head",
         )
+    if refused:
+        log.warning("not ready: writes would fail: %s", refused)
+        return _not_ready(f"Database refuses writes: {refused}", database="refuses_writes", migrations="head")
     return {"status": "ready", "database": "ok", "migrations": "head"}
 
 
