@@ -157,11 +157,27 @@ def handle_database_unavailable(error: sa_exc.SQLAlchemyError) -> Response:
 def handle_database_error(error: sa_exc.DBAPIError) -> Response:
     """A database error: 503 when the database cannot serve now, a bug (500) otherwise.
 
-    It cannot serve when it is unreachable or does not answer, or refuses
-    writes (read-only).
+    It cannot serve when it is unreachable or does not answer, refuses
+    writes (read-only), or lacks the tables and columns of the code's
+    migrations ("Database not migrated").
     """
-    from .storage import READ_ONLY_SQLSTATE
+    from .probes import migrations_behind  # probes imports this module
+    from .storage import READ_ONLY_SQLSTATE, names_missing_schema
 
+    if names_missing_schema(error):
+        db.session.rollback()
+        try:
+            behind = migrations_behind(db.session)
+        except sa_exc.SQLAlchemyError:
+            return handle_database_unavailable(error)
+        if behind:
+            log.warning("database not migrated, request id %s", g.get("request_id", "-"))
+            db.session.rollback()
+            retry_after = str(current_app.config["RETRY_AFTER_SECONDS"])
+            return error_response(
+                503, "service_unavailable", "Database not migrated", {"Retry-After": retry_after}
+            )
+        raise error  # at head, yet without what the code needs: a bug
     read_only = getattr(error.orig, "sqlstate", None) == READ_ONLY_SQLSTATE
     if read_only or isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
         return handle_database_unavailable(error)
@@ -179,7 +195,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(InternalServerError, handle_internal_error)
     # Connection failures, timeouts, a pool with no free connection, a
-    # read-only database: the database cannot serve now, which is no bug of
-    # the request.
+    # read-only or unmigrated database: the database cannot serve now, which
+    # is no bug of the request.
     app.register_error_handler(sa_exc.TimeoutError, handle_database_unavailable)
     app.register_error_handler(sa_exc.DBAPIError, handle_database_error)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from .errors import error_response
 from .extensions import db
-from .storage import write_problem
+from .storage import names_missing_schema, write_problem
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,24 @@ def database_revisions(session: Session) -> frozenset[str] | None:
     """
     try:
         return frozenset(session.scalars(text("SELECT version_num FROM alembic_version")))
-    except sa_exc.DBAPIError:
+    except sa_exc.DBAPIError as error:
+        if not names_missing_schema(error):
+            raise  # the database cannot answer: no second try to wait on
         # A missing table and a lost connection can be the same error class
         # (SQLite says OperationalError for both): ask the catalog which.
         session.rollback()
         if not inspect(session.connection()).has_table("alembic_version"):
             return None
         raise
+
+
+def migrations_behind(session: Session) -> bool:
+    """True when the database is not migrated to the code's head (or never was).
+
+    Raises SQLAlchemy's errors when the database cannot answer.
+    """
+    current = database_revisions(session)
+    return current is None or current != current_app.extensions[HEADS_EXTENSION]
 
 
 @bp.get("/healthz")

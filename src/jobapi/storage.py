@@ -217,6 +217,21 @@ def begin_read(session: Session) -> None:
     session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
+# PostgreSQL's undefined table, column and object; SQLite's words for them.
+_MISSING_SCHEMA_SQLSTATES = frozenset({"42P01", "42703", "42704"})
+_MISSING_SCHEMA_SQLITE = ("no such table", "no such column", "has no column named")
+
+
+def names_missing_schema(error: sa_exc.DBAPIError) -> bool:
+    """The database answered that a table, column or type the statement names does not exist."""
+    if getattr(error.orig, "sqlstate", None) in _MISSING_SCHEMA_SQLSTATES:
+        return True
+    message = str(error.orig)
+    return isinstance(error.orig, sqlite3.OperationalError) and any(
+        words in message for words in _MISSING_SCHEMA_SQLITE
+    )
+
+
 def sqlite_read_only(path: str) -> str | None:
     """Why the SQLite file at ``path`` (or its WAL files, or its folder) cannot be written, or None."""
     directory = os.path.dirname(os.path.abspath(path))
