@@ -18,6 +18,11 @@ DEFAULTS: dict[str, Any] = {
     # Milliseconds a PostgreSQL statement (or a lock wait) may take; with the
     # connect timeout, a request on a sick database answers 503 within 5 s.
     "DB_STATEMENT_TIMEOUT_MS": 2500,
+    # Seconds jobapi waits for PostgreSQL to answer one statement, commit or
+    # rollback before it gives the connection up (storage.py): a frozen server
+    # or a black-holed network cannot run the server's own timeout. Longer
+    # than the statement timeout, so a server that is merely slow answers first.
+    "DB_RESPONSE_TIMEOUT": 5.0,
     # Test each pooled connection with a round trip before use (see storage.py).
     "DB_POOL_PRE_PING": False,
     # Connections kept per process; gunicorn.conf.py sizes it to its threads.
@@ -92,6 +97,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "DATABASE_URL": ("SQLALCHEMY_DATABASE_URI", str),
     "DB_CONNECT_TIMEOUT": ("DB_CONNECT_TIMEOUT", int),
     "DB_STATEMENT_TIMEOUT_MS": ("DB_STATEMENT_TIMEOUT_MS", int),
+    "DB_RESPONSE_TIMEOUT": ("DB_RESPONSE_TIMEOUT", float),
     "DB_POOL_SIZE": ("DB_POOL_SIZE", int),
     "DB_POOL_PRE_PING": ("DB_POOL_PRE_PING", parse_bool),
     "SQLITE_BUSY_TIMEOUT": ("SQLITE_BUSY_TIMEOUT", int),
