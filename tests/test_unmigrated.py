@@ -36,9 +36,10 @@ REQUESTS: dict[str, list[tuple[dict[str, str], object]]] = {
     "jobs.cancel_job": [(OPERATOR, None)],
     "jobs.remove_job": [(OPERATOR, None)],
     "jobs.claim_job": [(RUNNER, {"tasks": ["t"], "proc": 1, "mem": 1})],
+    "jobs.acquire_job": [(RUNNER, {"acquired": True})],
 }
 # Routes of /api that never touch the database.
-WITHOUT_DATABASE = {"openapi.document"}
+WITHOUT_DATABASE = {"openapi.document", "apidocs.docs", "apidocs.swagger_ui_file"}
 
 
 def api_requests(app: Flask) -> Iterator[tuple[str, str, dict[str, str], object]]:

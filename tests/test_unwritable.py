@@ -17,7 +17,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from conftest import _drop_postgresql_database, _recreate_postgresql_database, start_gunicorn, stop_gunicorn
-from jobapi import MIGRATIONS_DIRECTORY, create_app, service
+from jobapi import MIGRATIONS_DIRECTORY, create_app
+from jobapi.jobs import service
 from jobapi.extensions import db
 
 
