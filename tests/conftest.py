@@ -55,6 +55,16 @@ def _drop_postgresql_database(url: str) -> None:
     admin.dispose()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _secret_key_file(tmp_path_factory) -> Iterator[None]:
+    """Apps and servers made by tests keep their session key in a temporary folder,
+    never in the source tree's instance folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SECRET_KEY", raising=False)
+        patch.setenv("SECRET_KEY_FILE", str(tmp_path_factory.mktemp("instance") / "secret_key"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory) -> Iterator[str]:
     """A fresh, empty database for this test session."""

@@ -36,7 +36,7 @@ def post_raw(client, job, data, content_type="application/json", **kwargs):
 
 @pytest.mark.parametrize(
     "path",
-    ["/", "/api", "/api/jobs/", "/api/job/abcdefgh", "/api/jobs/abcdefgh/status/extra", "/api/jobs/abcdefgh/stat", "/static/x.css"],
+    ["/docs", "/api", "/api/jobs/", "/api/job/abcdefgh", "/api/jobs/abcdefgh/status/extra", "/api/jobs/abcdefgh/stat", "/static/x.css"],
 )
 def test_unknown_route_is_404_json(client, path):
     assert_envelope(client.get(path), 404, "not_found", "Not found")

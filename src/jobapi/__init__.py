@@ -14,6 +14,7 @@ from flask import Flask, g, request
 
 from .config import DEFAULTS, from_environment, normalize_database_url
 from .extensions import db, migrate
+from .sessions import init_sessions
 from .storage import configure_engine, engine_options
 
 try:
@@ -47,6 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     # Keep keys in the order the documents are written in.
     app.json.sort_keys = False
+    init_sessions(app)
 
     db.init_app(app)
     migrate.init_app(
@@ -81,6 +83,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_observability(app, api)
     init_probes(app, api)
     freeze_document(app, api)
+
+    # Pages for people, not part of the API (nor of its document): the
+    # operator console and the API's docs.
+    from .apidocs import bp as apidocs_bp
+    from .console import init_console
+
+    init_console(app)
+    app.register_blueprint(apidocs_bp, url_prefix="/api")
 
     # Last of the after_request hooks, so it runs first: the others see the
     # answer as it leaves, after the commit.

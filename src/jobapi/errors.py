@@ -180,6 +180,36 @@ def database_unavailable(error: sa_exc.SQLAlchemyError) -> Response:
     )
 
 
+def handle_database_error(error: sa_exc.DBAPIError) -> Response:
+    """A database error: 503 when the database cannot serve now, a bug (500) otherwise.
+
+    It cannot serve when it is unreachable or does not answer, refuses
+    writes (read-only), or lacks the tables and columns of the code's
+    migrations ("Database not migrated").
+    """
+    from .probes import migrations_behind  # probes imports this module
+    from .storage import READ_ONLY_SQLSTATE, names_missing_schema
+
+    if names_missing_schema(error):
+        db.session.rollback()
+        try:
+            behind = migrations_behind(db.session)
+        except sa_exc.SQLAlchemyError:
+            return database_unavailable(error)
+        if behind:
+            log.warning("database not migrated, request id %s", g.get("request_id", "-"))
+            db.session.rollback()
+            retry_after = str(current_app.config["RETRY_AFTER_SECONDS"])
+            return error_response(
+                503, "service_unavailable", "Database not migrated", {"Retry-After": retry_after}
+            )
+        raise error  # at head, yet without what the code needs: a bug
+    read_only = getattr(error.orig, "sqlstate", None) == READ_ONLY_SQLSTATE
+    if read_only or isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return database_unavailable(error)
+    raise error
+
+
 def _snake(name: str) -> str:
     return "_".join(name.lower().replace("-", " ").split())
 
@@ -191,7 +221,8 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(InternalServerError, handle_internal_error)
-    # Connection failures, timeouts and a pool with no free connection: the
-    # database cannot serve now, which is no bug of the request.
-    for exc_type in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
-        app.register_error_handler(exc_type, database_unavailable)
+    # Connection failures, timeouts, a pool with no free connection, a
+    # read-only or unmigrated database: the database cannot serve now, which
+    # is no bug of the request.
+    app.register_error_handler(sa_exc.TimeoutError, database_unavailable)
+    app.register_error_handler(sa_exc.DBAPIError, handle_database_error)

@@ -225,6 +225,19 @@ IDEMPOTENCY_PARAMETER = {
     "schema": {"type": "string", "pattern": "^[!-~][ -~]{0,127}$"},
 }
 
+# Pages for people, not part of the API, which the document leaves out: the
+# operator console (and ``/``, which leads there), the docs page that renders
+# this document, and the static files they load. They are registered on the
+# app, not through the Api, so the document never sees them.
+NOT_API_BLUEPRINTS = frozenset({"console", "apidocs"})
+NOT_API_ENDPOINTS = frozenset({"index", "static"})
+
+
+def part_of_the_api(endpoint: str) -> bool:
+    """Whether a route belongs to the API (and so to this document), or is a page for people."""
+    return endpoint not in NOT_API_ENDPOINTS and endpoint.partition(".")[0] not in NOT_API_BLUEPRINTS
+
+
 TAGS = [
     {"name": "jobs", "description": "A job's own routes, with its key (operators may read a job too)."},
     {"name": "workers", "description": "Acquire a job by its id (Virtool's workers): with a runner token, or open to anyone with `JOB_ACQUIRE=open`."},
@@ -243,6 +256,9 @@ on 422 and `state` on 409 (the `Error` schema). A path that exists answers a
 method it does not list with 405 `method_not_allowed` and an `Allow` header; a
 path that does not exist answers 404 `not_found`. Bodies are at most
 {body_limit} bytes on every route. Every answer carries `X-Request-ID`.
+
+The operator console (`/console/`) and this document's rendering (`/api/docs`)
+are pages for people, not part of the API, and are not described here.
 """
 
 

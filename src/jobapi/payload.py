@@ -51,7 +51,7 @@ def read_body() -> None:
     else:
         g.body_bytes = b""
         return
-    chunks = []
+    chunks: list[bytes] = []
     size = 0
     while True:
         chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
@@ -62,6 +62,9 @@ def read_body() -> None:
         if size > limit:
             raise RequestEntityTooLarge()
     g.body_bytes = b"".join(chunks)
+    # Where werkzeug keeps a body it has read (get_data(cache=True)): its own
+    # readers (get_data, get_json, form parsing) then read it from there.
+    request._cached_data = g.body_bytes
 
 
 def _refuse_constant(name: str) -> Any:

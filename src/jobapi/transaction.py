@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Flask, Response
 from sqlalchemy import exc as sa_exc
 
-from .errors import database_unavailable
+from .errors import database_unavailable, handle_database_error
 from .extensions import db
 
 
@@ -32,6 +32,8 @@ def end_transaction(response: Response) -> Response:
         return response
     try:
         session.commit()
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
+    except sa_exc.TimeoutError as error:
         return database_unavailable(error)
+    except sa_exc.DBAPIError as error:
+        return handle_database_error(error)
     return response
