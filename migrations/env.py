@@ -7,6 +7,7 @@ from alembic import context
 from flask import current_app
 
 from jobapi.deadline import without_response_deadline
+from jobapi.storage import as_writer
 
 config = context.config
 if config.config_file_name and not logging.getLogger().handlers:
@@ -62,7 +63,9 @@ def run_migrations_online() -> None:
     conf_args.setdefault("render_item", _render_item)
     # Like the statement timeout below, the client's deadline on answers is
     # for requests, not for building indexes on large tables.
-    with engine.connect() as connection, without_response_deadline(connection):
+    with engine.connect() as plain, without_response_deadline(plain):
+        # Migrations write: their transaction begins as a writing one.
+        connection = as_writer(plain)
         _sqlite_foreign_keys(connection, False)
         try:
             context.configure(

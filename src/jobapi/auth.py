@@ -31,7 +31,7 @@ from .extensions import db
 from .jobs import service
 from .keys import verify_job_key
 from .payload import check_body
-from .storage import begin_read, begin_write
+from .storage import begin_write
 from .tokens import find_token
 
 JOB_USER_PREFIX = "job-"
@@ -178,10 +178,9 @@ def admit_request() -> None:
 
 def _admit_token(access: Access, credentials: TokenCredentials) -> None:
     """An operator's or runner's token: known and active (401), of a role the route takes (403)."""
-    if request.method in SAFE_METHODS:
-        begin_read(db.session)
-    else:
-        # A request that writes does so in the transaction its first statement begins.
+    if request.method not in SAFE_METHODS:
+        # A request that writes does so in the transaction its first statement begins;
+        # one that reads runs without a transaction.
         begin_write(db.session)
     token = find_token(db.session, credentials.secret)
     if token is None:
@@ -201,7 +200,6 @@ def _load_path_job() -> None:
         g.job = None
         return
     if request.method in SAFE_METHODS:
-        begin_read(db.session)
         job = service.get_job(db.session, job_id)
     else:
         job = service.lock_job(db.session, job_id, whole=True).job
@@ -218,7 +216,6 @@ def _admit_job(credentials: JobCredentials) -> None:
     state of the job.
     """
     if request.method in SAFE_METHODS:
-        begin_read(db.session)
         locked = service.LockedJob(job=service.get_job(db.session, credentials.job_id))
     else:
         locked = service.lock_job(

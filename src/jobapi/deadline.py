@@ -21,54 +21,58 @@ class _Watchdog:
     A frozen server (or a network that silently drops everything) never
     answers and never closes the connection, and its statement_timeout cannot
     fire; a socket shut down here wakes the waiting thread at once with an
-    error. One thread per process, started when first needed.
+    error. One thread per process, started when first needed, looks at the
+    waits under way every ``TICK`` seconds: arming and disarming a wait,
+    which every statement does, is a dictionary entry, with no lock taken
+    and no thread woken.
     """
+
+    # How late past its deadline a wait may be ended.
+    TICK = 0.25
 
     def __init__(self) -> None:
         self._tokens = itertools.count()
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything: in a forked child, the parent's thread and lock are not its own."""
-        self._condition = threading.Condition()
+        """Forget everything: in a forked child, the parent's thread is not its own."""
         self._armed: dict[int, tuple[float, psycopg.Connection, int]] = {}
         self._fired: set[int] = set()
-        self._wake_at: float | None = None
+        self._started = threading.Lock()
         self._running = False
 
     def arm(self, connection: psycopg.Connection, fd: int, seconds: float) -> int:
         """Watch ``fd`` of ``connection`` for ``seconds``; the token disarms it."""
-        token = next(self._tokens)
-        deadline = time.monotonic() + seconds
-        with self._condition:
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._run, name="jobapi-db-watchdog", daemon=True).start()
-            self._armed[token] = (deadline, connection, fd)
-            if self._wake_at is None or deadline < self._wake_at:
-                self._condition.notify()
+        if not self._running:
+            self._start()
+        token = next(self._tokens)  # itertools.count is atomic under the GIL
+        self._armed[token] = (time.monotonic() + seconds, connection, fd)
         return token
 
     def disarm(self, token: int) -> bool:
         """Stop watching; True if the deadline had passed and the socket was shut."""
-        with self._condition:
-            self._armed.pop(token, None)
-            if token in self._fired:
-                self._fired.discard(token)
-                return True
-            return False
+        self._armed.pop(token, None)
+        if token in self._fired:
+            self._fired.discard(token)
+            return True
+        return False
+
+    def _start(self) -> None:
+        with self._started:
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="jobapi-db-watchdog", daemon=True).start()
 
     def _run(self) -> None:
-        with self._condition:
-            while True:
-                now = time.monotonic()
-                for token, (deadline, connection, fd) in list(self._armed.items()):
-                    if deadline <= now:
-                        del self._armed[token]
-                        self._fired.add(token)
-                        _shut_down(connection, fd)
-                self._wake_at = min((entry[0] for entry in self._armed.values()), default=None)
-                self._condition.wait(None if self._wake_at is None else self._wake_at - now)
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            for token, entry in list(self._armed.items()):
+                deadline, connection, fd = entry
+                # Taken back only if still armed: a wait that ended meanwhile is left alone.
+                if deadline <= now and self._armed.pop(token, None) is entry:
+                    self._fired.add(token)
+                    _shut_down(connection, fd)
 
 
 def _shut_down(connection: psycopg.Connection, fd: int) -> None:

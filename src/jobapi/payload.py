@@ -112,9 +112,11 @@ def loads_strict(text: str | bytes) -> Any:
     if too_deep:
         # Only now, so that malformed JSON is called malformed however deep it looks.
         raise TooDeep(f"nested deeper than {MAX_DEPTH} levels")
-    # An escaped lone surrogate ("\ud800") parses, but is no Unicode text: it cannot be
-    # encoded, so no database could store it (UnicodeEncodeError is a ValueError).
-    json.dumps(value, ensure_ascii=False).encode("utf-8")
+    if b"\\u" in raw:
+        # An escaped lone surrogate ("\ud800") parses, but is no Unicode text: it cannot be
+        # encoded, so no database could store it (UnicodeEncodeError is a ValueError).
+        # Only an escape makes one: the raw bytes decoded as UTF-8.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     return value
 
 

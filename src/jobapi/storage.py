@@ -8,14 +8,16 @@ import sqlite3
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, scoped_session
 
 from .deadline import ConnectionGate, DeadlineConnection, NoAnswer
 
-# Execution option that asks SQLite for the write lock when the transaction begins.
+# Execution option of a connection whose transaction will write: it begins
+# one (BEGIN; BEGIN IMMEDIATE on SQLite, which takes the write lock now).
+# Without it, statements run in autocommit: a read needs no transaction.
 WRITE_OPTION = "jobapi_write"
 
 
@@ -28,6 +30,9 @@ def engine_options(url: str, config: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {"pool_pre_ping": config["DB_POOL_PRE_PING"]}
     if backend == "postgresql":
         options.update(
+            # Transactions are begun explicitly, and only by requests that
+            # write (``begin_write``): a read costs no BEGIN and no ROLLBACK.
+            isolation_level="AUTOCOMMIT",
             pool_size=config["DB_POOL_SIZE"],
             max_overflow=config["DB_POOL_SIZE"],
             # A request waits at most this long for a pooled connection.
@@ -91,6 +96,7 @@ _POSTGRESQL_READ_ONLY = (
 
 
 def _configure_postgresql(engine: Engine, config: dict[str, Any]) -> None:
+    _begin_writes(engine, "BEGIN")
     response_timeout = config["DB_RESPONSE_TIMEOUT"]
     gate = ConnectionGate(connect_timeout=config["DB_CONNECT_TIMEOUT"])
 
@@ -142,6 +148,7 @@ _OPENED_READ_ONLY = "jobapi_opened_read_only"
 
 
 def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
+    _begin_writes(engine, "BEGIN IMMEDIATE")
     busy_ms = int(config["SQLITE_BUSY_TIMEOUT"] * 1000)
     path = engine.url.database or ""
     on_disk = path not in ("", ":memory:") and not path.startswith("file:")
@@ -180,20 +187,23 @@ def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+
+def _begin_writes(engine: Engine, statement: str) -> None:
+    """Both drivers run in autocommit; a connection that will write begins its transaction."""
+
     @event.listens_for(engine, "begin")
     def on_begin(connection):
         if connection.get_execution_options().get(WRITE_OPTION):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            connection.exec_driver_sql("BEGIN")
+            connection.exec_driver_sql(statement)
 
 
 def begin_write(session: Session) -> None:
     """Start the session's transaction as one that will write.
 
-    On SQLite this takes the database's write lock now (BEGIN IMMEDIATE); on
-    PostgreSQL writers lock the rows they change instead, so nothing happens.
-    It must come before anything else in the transaction.
+    Reads run without a transaction; a request that writes begins one here,
+    before its first statement: BEGIN on PostgreSQL (writers then lock the
+    rows they change), BEGIN IMMEDIATE on SQLite, which takes the database's
+    write lock now.
     """
     if isinstance(session, scoped_session):
         session = session()
@@ -204,17 +214,9 @@ def begin_write(session: Session) -> None:
     session.connection(execution_options={WRITE_OPTION: True})
 
 
-def begin_read(session: Session) -> None:
-    """Let a request that only reads run without a transaction on PostgreSQL.
-
-    Its statements then cost no BEGIN and ROLLBACK round trips; each reads
-    committed data. SQLite keeps its (cheap, local) read transaction.
-    """
-    if isinstance(session, scoped_session):
-        session = session()
-    if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
-        return
-    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+def as_writer(connection: Connection) -> Connection:
+    """A connection (a migration's, say) whose transactions begin as writing ones."""
+    return connection.execution_options(**{WRITE_OPTION: True})
 
 
 # PostgreSQL's undefined table, column and object; SQLite's words for them.

@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from ..extensions import csrf, db
 from ..models import FINAL_STATES, STATES
 from ..schemas import TASK_PATTERN, format_timestamp
-from ..storage import begin_read, begin_write
+from ..storage import begin_write
 from . import actions, bp
 from .timeline import entries, format_duration, segments
 
@@ -71,8 +71,6 @@ def admit():
         csrf.protect()
     if request.method == "POST" and request.endpoint in WRITING_ENDPOINTS:
         begin_write(db.session)
-    else:
-        begin_read(db.session)
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     operator = actions.signed_in_operator(session.get(OPERATOR_KEY))
