@@ -200,9 +200,9 @@ def _load_path_job() -> None:
         g.job = None
         return
     if request.method in SAFE_METHODS:
-        job = service.get_job(db.session, job_id)
+        job = service.read_job(db.session, job_id)
     else:
-        job = service.lock_job(db.session, job_id, whole=True).job
+        job = service.lock_job(db.session, job_id).job
     if job is None:
         raise JobNotFound(job_id)
     g.job = job
@@ -216,9 +216,9 @@ def _admit_job(credentials: JobCredentials) -> None:
     state of the job.
     """
     if request.method in SAFE_METHODS:
-        locked = service.LockedJob(job=service.get_job(db.session, credentials.job_id))
+        locked = service.LockedJob(job=service.read_job(db.session, credentials.job_id))
     else:
-        locked = service.lock_job(
+        locked = service.lock_own_job(
             db.session, credentials.job_id, idempotency_key=valid_idempotency_key()
         )
     job = locked.job

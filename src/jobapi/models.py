@@ -59,7 +59,33 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class Job(db.Model):
+class JobFacts:
+    """What follows from a job's current columns, for the mapped job and for a plain row alike."""
+
+    state: str
+    claimed_at: datetime | None
+    pinged_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job has reached a final state."""
+        return self.state in FINAL_STATES
+
+    @property
+    def acquired(self) -> bool:
+        """Whether a worker or a runner has taken the job (and its key)."""
+        return self.claimed_at is not None
+
+    @property
+    def last_heartbeat(self) -> datetime:
+        """When the job last showed it was alive: its last push or ping."""
+        if self.pinged_at is None:
+            return self.updated_at
+        return max(self.pinged_at, self.updated_at)
+
+
+class Job(JobFacts, db.Model):
     """A unit of work, its resources, its key digest and its current state."""
 
     __tablename__ = "jobs"
@@ -108,23 +134,6 @@ class Job(db.Model):
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_state_created_at", "state", "created_at"),
     )
-
-    @property
-    def finished(self) -> bool:
-        """Whether the job has reached a final state."""
-        return self.state in FINAL_STATES
-
-    @property
-    def acquired(self) -> bool:
-        """Whether a worker or a runner has taken the job (and its key)."""
-        return self.claimed_at is not None
-
-    @property
-    def last_heartbeat(self) -> datetime:
-        """When the job last showed it was alive: its last push or ping."""
-        if self.pinged_at is None:
-            return self.updated_at
-        return max(self.pinged_at, self.updated_at)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task} {self.state}>"

@@ -9,11 +9,10 @@ import time
 from urllib.parse import quote
 
 from flask import Flask, Response, current_app, g, request
-from sqlalchemy import inspect
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import metrics
-from .jobs.service import is_job_id
+from .jobs.service import is_job_id, loaded_id
 from .logs import FIELDS_ATTRIBUTE, init_app_logging
 from .openapi import Api
 
@@ -36,11 +35,10 @@ def _job_id() -> str | None:
     """The job the request is about: the one authenticated, else the path's if it looks like one."""
     job = g.get("job")
     if job is not None:
-        # From the identity map, not the row: after a rollback (a 503) the
-        # object is expired, and reading an attribute would query again.
-        identity = inspect(job).identity
-        if identity:
-            return identity[0]
+        # Without a query: after a rollback (a 503) a mapped job is expired.
+        job_id = loaded_id(job)
+        if job_id is not None:
+            return job_id
     candidate = (request.view_args or {}).get("job_id")
     # Anything else in that path segment is the client's text, kept out of the logs.
     return candidate if isinstance(candidate, str) and is_job_id(candidate) else None

@@ -421,12 +421,14 @@ ping_schema = PingSchema()
 
 def status_document(record: Any) -> dict[str, Any]:
     """A status record (mapped object or row) as ``StatusOutSchema`` dumps it."""
+    timestamp = record.timestamp
     document = {
         "state": record.state,
         "stage": record.stage,
         "error": record.error,
         "progress": record.progress,
-        "timestamp": format_timestamp(record.timestamp),
+        # Records read for a document come with their time already written.
+        "timestamp": timestamp if isinstance(timestamp, str) else format_timestamp(timestamp),
     }
     if record.step_name is not None:
         document["step_name"] = record.step_name

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, defer
+from sqlalchemy import bindparam, inspect, select
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ..exceptions import (
@@ -36,6 +35,7 @@ from ..exceptions import (
 from ..keys import hash_key, make_key
 from ..models import JOB_ID_PATTERN, Job, JobStatus, utcnow
 from ..storage import begin_write
+from . import statements
 from .states import check_transition
 
 ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -80,53 +80,18 @@ def new_job_id() -> str:
     return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
 
 
-# The statements of the hot paths, built once: only their parameters change.
-_LOCK_JOB_WHOLE = (
+# The operators' lock: the whole mapped job, which they may change or delete.
+_LOCK_JOB = (
     select(Job)
     .where(Job.id == bindparam("job_id"))
     .with_for_update()
     .execution_options(populate_existing=True)
 )
-# A job's own writes (pushes, pings) never need its arguments.
-_LOCK_JOB = _LOCK_JOB_WHOLE.options(defer(Job.args))
-_LOCK_JOB_WITH_REPLAY = (
-    select(Job, JobStatus)
-    .options(defer(Job.args))
-    .outerjoin(
-        JobStatus,
-        and_(JobStatus.job_id == Job.id, JobStatus.idempotency_key == bindparam("key")),
-    )
-    .where(Job.id == bindparam("job_id"))
-    .with_for_update(of=Job)
-    .execution_options(populate_existing=True)
-)
-_FIND_REPLAY = select(JobStatus).where(
-    JobStatus.job_id == bindparam("job_id"), JobStatus.idempotency_key == bindparam("key")
-).execution_options(populate_existing=True)
 _STATUS_TABLE = JobStatus.__table__
 _HISTORY = (
     select(*(_STATUS_TABLE.c[name] for name in STATUS_COLUMNS))
     .where(_STATUS_TABLE.c.job_id == bindparam("job_id"))
     .order_by(_STATUS_TABLE.c.seq)
-)
-# A keyed push that lost a race to its own retry stores nothing, and says so
-# by inserting no row, rather than by an error that would end the transaction.
-_INSERT_STATUS = {
-    dialect.__name__.rpartition(".")[2]: dialect.insert(_STATUS_TABLE)
-    .on_conflict_do_nothing(index_elements=["job_id", "idempotency_key"])
-    .returning(_STATUS_TABLE.c.seq)
-    for dialect in (postgresql, sqlite)
-}
-_UPDATE_CURRENT = (
-    Job.__table__.update()
-    .where(Job.__table__.c.id == bindparam("job_id"))
-    .values(
-        state=bindparam("new_state"),
-        stage=bindparam("new_stage"),
-        progress=bindparam("new_progress"),
-        updated_at=bindparam("new_updated_at"),
-        status_count=bindparam("new_status_count"),
-    )
 )
 
 
@@ -145,28 +110,54 @@ def require_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
     return job
 
 
-def lock_job(
-    session: Session, job_id: str, *, idempotency_key: str | None = None, whole: bool = False
-) -> LockedJob:
-    """The job with this id, its row locked until the transaction ends.
+def lock_job(session: Session, job_id: str) -> LockedJob:
+    """The mapped job with this id, its row locked until the transaction ends (for the
+    operators' and commands' changes). This begins the transaction as a writing one
+    (on SQLite it takes the write lock), so it comes first."""
+    begin_write(session)
+    if not is_job_id(job_id):
+        return LockedJob(job=None)
+    return LockedJob(job=session.scalars(_LOCK_JOB, {"job_id": job_id}).one_or_none())
 
-    With an Idempotency-Key, the record that key made (if any) comes in the
-    same statement. The job's arguments are left unread unless ``whole``.
-    This begins the transaction as a writing one (on SQLite it takes the
-    write lock), so it comes first.
+
+def lock_own_job(session: Session, job_id: str, *, idempotency_key: str | None = None) -> LockedJob:
+    """For a job's own write (a push, a ping): the job, its row locked until the
+    transaction ends, and the record its Idempotency-Key made, if any, in one statement.
+
+    A plain row, not a mapped job: this is the most frequent write. It begins
+    the transaction as a writing one, so it comes first.
     """
     begin_write(session)
     if not is_job_id(job_id):
         return LockedJob(job=None)
-    if idempotency_key is None:
-        statement = _LOCK_JOB_WHOLE if whole else _LOCK_JOB
-        return LockedJob(job=session.scalars(statement, {"job_id": job_id}).one_or_none())
-    row = session.execute(
-        _LOCK_JOB_WITH_REPLAY, {"job_id": job_id, "key": idempotency_key}
-    ).one_or_none()
-    if row is None:
-        return LockedJob(job=None)
-    return LockedJob(job=row[0], replay=row[1])
+    job, replay = statements.lock(session, job_id, idempotency_key)
+    return LockedJob(job=job, replay=replay)
+
+
+def loaded_state(job: Job | statements.JobRow) -> str | None:
+    """The state of a job in hand, read without a query: after a rollback a mapped job is
+    expired (and the database may be gone); a deleted one has none."""
+    if not isinstance(job, Job):
+        return job.state
+    loaded = inspect(job)
+    if loaded.deleted or loaded.was_deleted:
+        return None
+    return loaded.dict.get("state")
+
+
+def loaded_id(job: Job | statements.JobRow) -> str | None:
+    """The id of a job in hand, read without a query (see ``loaded_state``)."""
+    if not isinstance(job, Job):
+        return job.id
+    identity = inspect(job).identity
+    return identity[0] if identity else None
+
+
+def read_job(session: Session, job_id: str) -> statements.JobRow | None:
+    """A job and its records, oldest first, for its document (one statement on PostgreSQL)."""
+    if not is_job_id(job_id):
+        return None
+    return statements.read_job(session, job_id)
 
 
 def create_job(
@@ -215,7 +206,7 @@ def request_digest(push: Mapping[str, Any]) -> str:
 
 def append_status(
     session: Session,
-    job: Job,
+    job: Job | statements.JobRow,
     *,
     state: str,
     stage: str | None,
@@ -225,7 +216,7 @@ def append_status(
     step_description: str | None = None,
     idempotency_key: str | None = None,
     digest: str | None = None,
-) -> JobStatus | None:
+) -> statements.Record | None:
     """Append a record to a locked job and make it the job's current state.
 
     Returns None, writing nothing, when the Idempotency-Key already stored a
@@ -247,11 +238,6 @@ def append_status(
         "idempotency_key": idempotency_key,
         "request_digest": digest if idempotency_key else None,
     }
-    # Two plain statements rather than a unit-of-work flush: a push is the
-    # most frequent write, and its row lock is held until commit.
-    inserted = session.execute(_INSERT_STATUS[session.get_bind().dialect.name], values)
-    if inserted.first() is None:
-        return None
     current = {
         "state": state,
         "stage": stage,
@@ -259,20 +245,28 @@ def append_status(
         "updated_at": timestamp,
         "status_count": values["seq"],
     }
-    session.execute(
-        _UPDATE_CURRENT, {"job_id": job.id, **{f"new_{k}": v for k, v in current.items()}}
-    )
+    if not statements.append(session, values, current):
+        return None
+    # The row is written: the job in hand says so too, without a flush that
+    # would write it again.
+    mapped = isinstance(job, Job)
     for name, value in current.items():
-        set_committed_value(job, name, value)
-    return JobStatus(**values)
+        if mapped:
+            set_committed_value(job, name, value)
+        else:
+            setattr(job, name, value)
+    return statements.Record(
+        state=state, stage=stage, error=error, progress=progress, timestamp=timestamp,
+        step_name=step_name, step_description=step_description,
+    )
 
 
-def find_replay(session: Session, job_id: str, idempotency_key: str) -> JobStatus | None:
+def find_replay(session: Session, job_id: str, idempotency_key: str) -> statements.Record | None:
     """The record an Idempotency-Key stored for this job, read anew (it may be a moment old)."""
-    return session.scalars(_FIND_REPLAY, {"job_id": job_id, "key": idempotency_key}).first()
+    return statements.find_replay(session, job_id, idempotency_key)
 
 
-def _replayed(replay: JobStatus, push: Mapping[str, Any]) -> Pushed:
+def _replayed(replay: statements.Record, push: Mapping[str, Any]) -> Pushed:
     if replay.request_digest != request_digest(push):
         raise IdempotencyKeyReused()
     return Pushed(record=replay, stored=False)
@@ -366,12 +360,12 @@ def push_status(
     return Pushed(record=record, stored=True)
 
 
-def ping_job(session: Session, job: Job) -> datetime:
-    """Record a heartbeat of a locked job that is not finished; return its time."""
+def ping_job(session: Session, job: statements.JobRow) -> datetime:
+    """Record a heartbeat of a job locked by ``lock_own_job`` that is not finished; return its time."""
     if job.finished:
         raise JobFinished(job.state)
     job.pinged_at = max(utcnow(), job.updated_at)
-    session.flush()
+    statements.ping(session, job.id, job.pinged_at)
     return job.pinged_at
 
 
@@ -487,12 +481,13 @@ def remove_job(session: Session, job_id: str, *, force: bool = False) -> None:
 
 
 def status_history(session: Session, job_id: str) -> Sequence[Any]:
-    """A job's status records, oldest first, as plain rows (one statement, no ORM objects).
-
-    Reading a job is the most frequent request; rows cost a fraction of
-    mapped objects, which matters for jobs with long histories.
-    """
+    """A job's status records, oldest first, as rows with their times as datetimes."""
     return session.execute(_HISTORY, {"job_id": job_id}).all()
+
+
+def document_history(session: Session, job_id: str) -> list[statements.Record]:
+    """A job's status records, oldest first, with their times written as documents show them."""
+    return statements.history(session, job_id)
 
 
 def last_status(session: Session, job: Job) -> JobStatus:

@@ -10,7 +10,6 @@ request's transaction is committed or rolled back when the request ends
 from __future__ import annotations
 
 from flask import current_app, g, request, url_for
-from sqlalchemy import inspect
 from werkzeug.routing import BaseConverter
 
 from ..auth import (
@@ -77,15 +76,14 @@ def add_job_state(response):
     job = g.get("job")
     if job is None or response.status_code >= 500:
         return response
-    loaded = inspect(job)
-    state = loaded.dict.get("state")
-    if state is not None and not loaded.deleted and not loaded.was_deleted:
+    state = service.loaded_state(job)
+    if state is not None:
         response.headers["Job-State"] = state
     return response
 
 
 def _new_job_document(new: service.NewJob) -> dict:
-    document = job_document(new.job, service.status_history(db.session, new.job.id))
+    document = job_document(new.job, service.document_history(db.session, new.job.id))
     # The key is no attribute of the job (only its digest is stored): it is shown this once.
     document["key"] = new.key
     return document
@@ -111,7 +109,7 @@ def _query(schema) -> dict:
 @allow(job=True, roles=["operator"])
 def get_job(job_id: str):
     """The job's full document with every status record, oldest first."""
-    return job_document(g.job, service.status_history(db.session, g.job.id))
+    return job_document(g.job, g.job.records)
 
 
 @bp.post("/jobs/<job_id:job_id>/status", tags=["jobs"])

@@ -1,0 +1,282 @@
+"""The SQL of a job's own requests: read its document, lock it, append a record, find a
+retried push's record, record a heartbeat.
+
+These are the requests workers make all the time, so they skip the ORM: one
+text per database, run prepared on the request's own connection (the
+session's, in its transaction), answering plain rows. Errors go through
+SQLAlchemy's handling all the same (its error classes, its pool renewal, the
+engine's error events), so a failing database looks the same here as
+anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.types.json import Json
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session, scoped_session
+
+from ..models import JobFacts
+
+# A job's columns that authenticate it and say where it stands.
+_JOB = ("id", "state", "stage", "progress", "updated_at", "status_count", "pinged_at",
+        "key_digest", "replaced_key_digest", "claimed_at")
+# And those only its document shows.
+_DOCUMENT = ("task", "args", "proc", "mem", "user_id", "created_at")
+# A record's columns, in the order documents show them.
+_RECORD = ("state", "stage", "error", "progress", "timestamp", "step_name", "step_description")
+_INSERT = ("job_id", "seq", "state", "stage", "error", "progress", "timestamp",
+           "step_name", "step_description", "idempotency_key", "request_digest")
+_CURRENT = ("state", "stage", "progress", "updated_at", "status_count")
+
+
+def _columns(prefix: str, names: tuple[str, ...]) -> str:
+    return ", ".join(f"{prefix}.{name}" for name in names)
+
+
+# The record as JSON text from PostgreSQL: its time already written as documents show it.
+_PG_RECORD_ARRAY = (
+    "json_build_array(s.state, s.stage, s.error, s.progress, "
+    """to_char(s.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), """
+    "s.step_name, s.step_description)"
+)
+
+POSTGRESQL = {
+    # The job and its whole history in one statement.
+    "read": (
+        f"SELECT {_columns('j', _JOB + _DOCUMENT)}, "
+        f"(SELECT json_agg({_PG_RECORD_ARRAY} ORDER BY s.seq) FROM job_status s WHERE s.job_id = j.id) "
+        "FROM jobs j WHERE j.id = %s"
+    ),
+    "history": (
+        f"SELECT json_agg({_PG_RECORD_ARRAY} ORDER BY s.seq) FROM job_status s WHERE s.job_id = %s"
+    ),
+    "lock": f"SELECT {_columns('j', _JOB)} FROM jobs j WHERE j.id = %s FOR UPDATE",
+    # The row lock, and the record an Idempotency-Key made, in one statement.
+    "lock_with_replay": (
+        f"SELECT {_columns('j', _JOB)}, {_columns('s', _RECORD)}, s.request_digest "
+        "FROM jobs j LEFT JOIN job_status s ON s.job_id = j.id AND s.idempotency_key = %s "
+        "WHERE j.id = %s FOR UPDATE OF j"
+    ),
+    "replay": (
+        f"SELECT {', '.join(_RECORD)}, request_digest FROM job_status "
+        "WHERE job_id = %s AND idempotency_key = %s"
+    ),
+    # The record and the job's current state in one statement. A keyed push
+    # that lost a race to its own retry inserts nothing and updates nothing.
+    "append": (
+        f"WITH record AS (INSERT INTO job_status ({', '.join(_INSERT)}) "
+        f"VALUES ({', '.join(['%s'] * len(_INSERT))}) "
+        "ON CONFLICT (job_id, idempotency_key) DO NOTHING RETURNING seq) "
+        f"UPDATE jobs SET {', '.join(f'{name} = %s' for name in _CURRENT)} "
+        "FROM record WHERE jobs.id = %s RETURNING record.seq"
+    ),
+    "ping": "UPDATE jobs SET pinged_at = %s WHERE id = %s",
+}
+
+# SQLite: its write lock is the transaction's (BEGIN IMMEDIATE), and its
+# statements are cached by the driver.
+SQLITE = {
+    "read": f"SELECT {', '.join(_JOB + _DOCUMENT)} FROM jobs WHERE id = ?",
+    "history": f"SELECT {', '.join(_RECORD)} FROM job_status WHERE job_id = ? ORDER BY seq",
+    "lock": f"SELECT {', '.join(_JOB)} FROM jobs WHERE id = ?",
+    "replay": (
+        f"SELECT {', '.join(_RECORD)}, request_digest FROM job_status "
+        "WHERE job_id = ? AND idempotency_key = ?"
+    ),
+    "insert": (
+        f"INSERT INTO job_status ({', '.join(_INSERT)}) VALUES ({', '.join(['?'] * len(_INSERT))}) "
+        "ON CONFLICT (job_id, idempotency_key) DO NOTHING RETURNING seq"
+    ),
+    "update": f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _CURRENT)} WHERE id = ?",
+    "ping": "UPDATE jobs SET pinged_at = ? WHERE id = ?",
+}
+
+
+@dataclass(slots=True)
+class Record:
+    """A status record as its job's requests read it; ``timestamp`` is a datetime, or the
+    text documents show (``2018-02-06T22:16:15.637000Z``) when read for a document."""
+
+    state: str
+    stage: str | None
+    error: Any
+    progress: int
+    timestamp: Any
+    step_name: str | None = None
+    step_description: str | None = None
+    request_digest: str | None = None
+
+
+@dataclass(slots=True)
+class JobRow(JobFacts):
+    """A job as its own requests read it: plain values, no ORM instance."""
+
+    id: str
+    state: str
+    stage: str | None
+    progress: int
+    updated_at: datetime
+    status_count: int
+    pinged_at: datetime | None
+    key_digest: str
+    replaced_key_digest: str | None
+    claimed_at: datetime | None
+    # Read for a document only.
+    task: str | None = None
+    args: dict[str, Any] | None = None
+    proc: int | None = None
+    mem: int | None = None
+    user_id: str | None = None
+    created_at: datetime | None = None
+    records: list[Record] | None = None
+
+
+def _connection(session: Session) -> Connection:
+    if isinstance(session, scoped_session):
+        session = session()
+    return session.connection()
+
+
+def _run(connection: Connection, statement: str, parameters: tuple) -> Any:
+    """Run one statement on the connection's driver, prepared; SQLAlchemy handles its errors."""
+    driver = connection.connection.driver_connection
+    try:
+        if connection.dialect.name == "postgresql":
+            return driver.execute(statement, parameters, prepare=True)
+        return driver.execute(statement, parameters)
+    except connection.dialect.loaded_dbapi.Error as error:
+        # What Connection.execute does with a driver's error: wrap it, run the
+        # engine's handle_error events, and renew the pool after a disconnect.
+        connection._handle_dbapi_exception(error, statement, parameters, None, None)
+
+
+# SQLite keeps times as naive UTC text, the way SQLAlchemy's DateTime writes them.
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _sqlite_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.strptime(value, _SQLITE_TIME).replace(tzinfo=UTC)
+
+
+def _sqlite_document_time(value: str) -> str:
+    # "2018-02-06 22:16:15.637000" -> "2018-02-06T22:16:15.637000Z"
+    return value.replace(" ", "T") + "Z"
+
+
+def _job(row: tuple, sqlite: bool) -> JobRow:
+    job = JobRow(*row)
+    if sqlite:
+        job.updated_at = _sqlite_time(job.updated_at)  # type: ignore[arg-type,assignment]
+        job.pinged_at = _sqlite_time(job.pinged_at)  # type: ignore[arg-type]
+        job.claimed_at = _sqlite_time(job.claimed_at)  # type: ignore[arg-type]
+        if job.created_at is not None:
+            job.created_at = _sqlite_time(job.created_at)  # type: ignore[arg-type]
+        if isinstance(job.args, str):
+            job.args = json.loads(job.args)
+    return job
+
+
+def _sqlite_record(row: tuple, *, for_document: bool) -> Record:
+    record = Record(*row)
+    if record.error is not None:
+        record.error = json.loads(record.error)
+    record.timestamp = (_sqlite_document_time if for_document else _sqlite_time)(record.timestamp)
+    return record
+
+
+def read_job(session: Session, job_id: str) -> JobRow | None:
+    """A job and its records, oldest first, for its document; None if there is no such job."""
+    connection = _connection(session)
+    if connection.dialect.name == "postgresql":
+        row = _run(connection, POSTGRESQL["read"], (job_id,)).fetchone()
+        if row is None:
+            return None
+        job = _job(row[:-1], sqlite=False)
+        job.records = [Record(*values) for values in row[-1] or ()]
+        return job
+    row = _run(connection, SQLITE["read"], (job_id,)).fetchone()
+    if row is None:
+        return None
+    job = _job(row, sqlite=True)
+    job.records = history(session, job_id)
+    return job
+
+
+def history(session: Session, job_id: str) -> list[Record]:
+    """A job's records, oldest first, with their times written as documents show them."""
+    connection = _connection(session)
+    if connection.dialect.name == "postgresql":
+        (values,) = _run(connection, POSTGRESQL["history"], (job_id,)).fetchone()
+        return [Record(*record) for record in values or ()]
+    rows = _run(connection, SQLITE["history"], (job_id,)).fetchall()
+    return [_sqlite_record(row, for_document=True) for row in rows]
+
+
+def lock(session: Session, job_id: str, idempotency_key: str | None) -> tuple[JobRow | None, Record | None]:
+    """The job, its row locked until the transaction ends, and the record its
+    Idempotency-Key made, if any (the transaction is already a writing one)."""
+    connection = _connection(session)
+    if connection.dialect.name == "postgresql":
+        if idempotency_key is None:
+            row = _run(connection, POSTGRESQL["lock"], (job_id,)).fetchone()
+            return (None if row is None else _job(row, sqlite=False)), None
+        row = _run(connection, POSTGRESQL["lock_with_replay"], (idempotency_key, job_id)).fetchone()
+        if row is None:
+            return None, None
+        width = len(_JOB)
+        replay = Record(*row[width:]) if row[width] is not None else None
+        return _job(row[:width], sqlite=False), replay
+    row = _run(connection, SQLITE["lock"], (job_id,)).fetchone()
+    if row is None:
+        return None, None
+    replay = find_replay(session, job_id, idempotency_key) if idempotency_key is not None else None
+    return _job(row, sqlite=True), replay
+
+
+def find_replay(session: Session, job_id: str, idempotency_key: str) -> Record | None:
+    """The record an Idempotency-Key stored for this job, read anew."""
+    connection = _connection(session)
+    sqlite = connection.dialect.name == "sqlite"
+    row = _run(connection, (SQLITE if sqlite else POSTGRESQL)["replay"], (job_id, idempotency_key)).fetchone()
+    if row is None:
+        return None
+    return _sqlite_record(row, for_document=False) if sqlite else Record(*row)
+
+
+def append(session: Session, values: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Insert a record and make it the job's current state; False, writing nothing, when its
+    Idempotency-Key already stored one."""
+    connection = _connection(session)
+    job_id = values["job_id"]
+    if connection.dialect.name == "postgresql":
+        row = dict(values, error=None if values["error"] is None else Json(values["error"]))
+        parameters = tuple(row[name] for name in _INSERT) + tuple(current[name] for name in _CURRENT)
+        return _run(connection, POSTGRESQL["append"], parameters + (job_id,)).fetchone() is not None
+    row = dict(
+        values,
+        error=None if values["error"] is None else json.dumps(values["error"]),
+        timestamp=_sqlite_text(values["timestamp"]),
+    )
+    if _run(connection, SQLITE["insert"], tuple(row[name] for name in _INSERT)).fetchone() is None:
+        return False
+    now = dict(current, updated_at=_sqlite_text(current["updated_at"]))
+    _run(connection, SQLITE["update"], tuple(now[name] for name in _CURRENT) + (job_id,))
+    return True
+
+
+def ping(session: Session, job_id: str, at: datetime) -> None:
+    """Record a heartbeat of a locked job."""
+    connection = _connection(session)
+    if connection.dialect.name == "postgresql":
+        _run(connection, POSTGRESQL["ping"], (at, job_id))
+    else:
+        _run(connection, SQLITE["ping"], (_sqlite_text(at), job_id))
+
+
+def _sqlite_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime(_SQLITE_TIME)
