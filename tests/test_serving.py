@@ -211,6 +211,10 @@ def test_a_stopping_server_finishes_the_request_it_is_reading(app, database_url,
             time.sleep(0.3)
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
+            # A new connection is refused (a proxy tries another instance),
+            # not queued for a worker that will never take it and then reset.
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port_of(server)), timeout=5).close()
             sock.sendall(body[5:])
             answer = read_response(sock)
         assert answer.status == 200, answer

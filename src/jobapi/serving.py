@@ -285,17 +285,41 @@ class BufferingWorker(JsonErrorsMixin, gthread.ThreadWorker):
 
     # -- the event loop's side -------------------------------------------------
 
-    def accept(self, listener):
-        """Take a new connection and wait, in the event loop, for its first request."""
+    def accept(self, listener) -> bool:
+        """Take a new connection, if one is queued, and wait in the event loop for its first request."""
         try:
             sock, client = listener.accept()
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
-            return
+            return False
         self.nr_conns += 1
         conn = _Connection(sock, client, listener.getsockname())
         self._wait(conn, _Connection.HEAD, self.header_timeout)
+        return True
+
+    def set_accept_enabled(self, enabled):
+        """Stop or resume accepting; a stopping worker also takes what is queued and closes its listeners."""
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            self._close_listeners()
+
+    def _close_listeners(self) -> None:
+        # While any process holds a listening socket open, the kernel keeps
+        # completing connections into its queue; when the last one exits,
+        # every connection still queued is reset, requests sent on them
+        # included. A proxy cannot tell such a request was never read, and
+        # does not retry it. So a stopping worker takes what is queued now
+        # and closes its listeners: from then on, once every worker of the
+        # server has done the same (the master closed its own first),
+        # connections are refused, which a proxy safely retries elsewhere.
+        for listener in self.sockets:
+            try:
+                while self.accept(listener):
+                    pass
+            except OSError:
+                pass
+            util.close(listener)
 
     def _wait(self, conn: _Connection, state: str, seconds: float) -> None:
         conn.state = state
