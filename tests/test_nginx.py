@@ -234,33 +234,80 @@ def test_an_unreachable_upstream_is_502(tmp_path):
     assert_envelope(answer.status_code, answer.headers, answer.content, 502, "bad_gateway")
 
 
-@pytest.fixture
-def silent_upstream() -> Iterator[str]:
-    """An upstream that accepts connections and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
+class SilentUpstream:
+    """An upstream that accepts connections, keeps what it is sent, and never answers."""
 
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.received = bytearray()
+        self.held: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.05)
+        while not self.stop.is_set():
             try:
-                held.append(listener.accept()[0])
+                sock = self.listener.accept()[0]
+                sock.setblocking(False)
+                self.held.append(sock)
             except TimeoutError:
                 pass
+            for sock in self.held:
+                try:
+                    self.received += sock.recv(65536)
+                except OSError:
+                    pass
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for sock in held:
-        sock.close()
-    listener.close()
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        for sock in self.held:
+            sock.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def silent_upstream() -> Iterator[SilentUpstream]:
+    upstream = SilentUpstream()
+    yield upstream
+    upstream.close()
+
+
+def test_a_request_reaches_the_upstream_only_once_its_body_has_arrived(tmp_path, silent_upstream):
+    nginx = start_nginx(tmp_path, [silent_upstream.address], directives={"client_body_timeout": "1s"})
+    head = b"POST /api/jobs/abcdefgh/status HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", nginx.port), timeout=10) as stalled:
+            stalled.sendall(head + b"01234")
+            started = time.monotonic()
+            try:
+                ending = stalled.recv(1024)
+            except ConnectionResetError:
+                ending = b""
+            waited = time.monotonic() - started
+        # Timed out, the connection is reset without an answer
+        # (reset_timedout_connection), and nothing of it went upstream.
+        assert ending == b"" and 0.5 < waited < 5
+        assert bytes(silent_upstream.received) == b""
+        with socket.create_connection(("127.0.0.1", nginx.port), timeout=10) as slow:
+            slow.sendall(head + b"01234")
+            time.sleep(0.3)
+            assert bytes(silent_upstream.received) == b""
+            slow.sendall(b"56789")
+            deadline = time.monotonic() + 5
+            while b"0123456789" not in silent_upstream.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        stop_nginx(nginx)
+    assert silent_upstream.received.startswith(b"POST /api/jobs/abcdefgh/status HTTP/1.1\r\n")
+    assert silent_upstream.received.endswith(b"\r\n\r\n0123456789")
 
 
 def test_an_upstream_that_does_not_answer_in_time_is_504(tmp_path, silent_upstream):
-    nginx = start_nginx(tmp_path, [silent_upstream], directives={"proxy_read_timeout": "1s"})
+    nginx = start_nginx(tmp_path, [silent_upstream.address], directives={"proxy_read_timeout": "1s"})
     try:
         started = time.monotonic()
         answer = requests.get(nginx.url + "/healthz", timeout=10)
