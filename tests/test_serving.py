@@ -7,8 +7,11 @@ over raw sockets, the way a hostile or broken client would.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -16,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from conftest import LiveServer, basic_auth, start_gunicorn, stop_gunicorn
+from conftest import ROOT, LiveServer, start_gunicorn, stop_gunicorn
 from hostile_clients import latencies_while, raw_exchange, read_response, slow_and_silent_clients, still_waiting
 
 pytestmark = pytest.mark.e2e
@@ -247,14 +250,34 @@ def test_the_scheme_comes_from_x_forwarded_proto_of_a_trusted_proxy(echo_server)
     assert ssl.status_code == 200 and ssl.json()["wsgi.url_scheme"] == "http"
 
 
-def test_forwarded_proto_from_an_untrusted_peer_is_ignored(tmp_path):
-    server = start_gunicorn(
-        "sqlite://", tmp_path / "gunicorn.log", workers=1, threads=1,
-        extra_env={"FORWARDED_ALLOW_IPS": "192.0.2.1"},
-        app_args=("--pythonpath", "tests", "echo_wsgi:app"),
-    )
-    try:
-        told = requests.get(server.url, headers={"X-Forwarded-Proto": "https"}, timeout=5).json()
-    finally:
-        stop_gunicorn(server.process)
+def test_forwarded_proto_from_an_untrusted_peer_is_ignored(echo_server):
+    # Trusted are 127.0.0.1 and ::1 (gunicorn.conf.py's default); this client
+    # connects from another loopback address.
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(
+        ("127.0.0.1", port_of(echo_server)), timeout=10, source_address=("127.0.0.2", 0)
+    ) as sock:
+        sock.sendall(request)
+        told = read_response(sock).json()
+    assert told["REMOTE_ADDR"] == "127.0.0.2"
     assert told["wsgi.url_scheme"] == "http" and told["is_secure"] is False
+
+
+@pytest.mark.parametrize(
+    ("environment", "trusted"),
+    [({}, "['127.0.0.1', '::1']"), ({"FORWARDED_ALLOW_IPS": "10.0.0.11,10.0.1.0/24"}, "['10.0.0.11', '10.0.1.0/24']")],
+)
+def test_gunicorn_conf_trusts_the_proxy_addresses_it_is_given(tmp_path, environment, trusted):
+    env = {key: value for key, value in os.environ.items() if key not in ("FORWARDED_ALLOW_IPS", "GUNICORN_CMD_ARGS")}
+    env.update(environment, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), DATABASE_URL="sqlite://")
+    printed = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--print-config", "wsgi:app"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert printed.returncode == 0, printed.stderr
+    settings = dict(
+        (name.strip(), value.strip()) for name, _, value in (line.partition("=") for line in printed.stdout.splitlines())
+    )
+    assert settings["forwarded_allow_ips"] == trusted
+    assert settings["secure_scheme_headers"] == "{'X-FORWARDED-PROTO': 'https'}"
+    assert settings["worker_class"] == "jobapi.serving.BufferingWorker"

@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 from gunicorn import http, util
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
-from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine, NoMoreData, ParseException
+from gunicorn.http.errors import LimitRequestHeaders, NoMoreData, ParseException
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers import gthread
@@ -78,7 +78,10 @@ def error_envelope(status: int) -> tuple[str, str]:
     known = HTTP_ERRORS.get(status) or SERVER_ERRORS.get(status)
     if known:
         return known
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
     return "_".join(phrase.lower().replace("-", " ").split()), phrase.capitalize()
 
 
@@ -204,6 +207,10 @@ def request_arrival(cfg, data: bytes, client, max_body: int) -> Arrival:
                 if received > max_body:
                     raise _TooLarge
         except _NeedMore:
+            # What the interrupted read had decoded is still in the readers' buffers.
+            received += req.body.buf.tell() + reader.buf.tell()
+            if received > max_body:
+                raise _TooLarge from None
             return Arrival(head_end, None, expects_continue)
         return Arrival(head_end, len(data) - len(unreader.buf.getvalue()), expects_continue)
     # Neither Content-Length nor chunked: a request has no body (RFC 9112
