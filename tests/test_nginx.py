@@ -179,7 +179,7 @@ def test_slow_and_silent_clients_do_not_delay_others_through_nginx(proxy, job):
         held, dripped = attack.open_count(), attack.bytes_sent
     assert len(answers) >= 30
     assert all(status == 200 for _, status in answers), answers
-    assert max(seconds for seconds, _ in answers) < 1.0, answers
+    assert max(seconds for seconds, _ in answers) < 1.0, [(i, a) for i, a in enumerate(answers) if a[0] > 0.1]
     assert held == 400  # nginx gives a head 10 s: the attack held on throughout
     assert dripped >= 200 * 6
 

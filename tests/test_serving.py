@@ -72,7 +72,7 @@ def test_slow_and_silent_clients_do_not_delay_others(live_server, job):
         held, dripped = attack.open_count(), attack.bytes_sent
     assert len(answers) >= 20
     assert all(status == 200 for _, status in answers), answers
-    assert max(seconds for seconds, _ in answers) < 1.0, answers
+    assert max(seconds for seconds, _ in answers) < 1.0, [(i, a) for i, a in enumerate(answers) if a[0] > 0.1]
     assert held == 96  # the attack held on throughout
     assert dripped >= 48 * 4
 
