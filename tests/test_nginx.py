@@ -25,7 +25,7 @@ from hostile_clients import latencies_while, raw_exchange, slow_and_silent_clien
 from jobapi.client import JobAPIError, JobClient
 from jobapi.extensions import db
 from jobapi.models import JobStatus
-from nginx_proxy import Nginx, nginx_binary, reload_nginx, render_site, start_nginx, stop_nginx
+from real_nginx import Nginx, nginx_binary, reload_nginx, render_site, start_nginx, stop_nginx
 
 pytestmark = [pytest.mark.e2e, pytest.mark.nginx]
 
@@ -68,7 +68,7 @@ def test_the_site_file_follows_its_convention():
 
 def test_nginx_accepts_the_site_file(tmp_path):
     binary = nginx_binary()
-    from nginx_proxy import main_conf
+    from real_nginx import main_conf
 
     site = tmp_path / "jobapi.conf"
     site.write_text(render_site(["127.0.0.1:8000"], f"127.0.0.1:{free_port()}"))
