@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/jobapi_test
 
-.PHONY: serve test test-sqlite test-postgresql bench clean
+.PHONY: serve test test-sqlite test-postgresql bench bench-curve clean
 
 $(BIN)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,7 @@ clean:
 ## bench: the benchmark suite against a real gunicorn on PostgreSQL (prints a table)
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+## bench-curve: the concurrency curve (1 to 256 connections, direct and through nginx)
+bench-curve: $(BIN)/.installed
+	$(BIN)/python benchmarks/run.py --only curve $(BENCH_ARGS)

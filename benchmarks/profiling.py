@@ -62,12 +62,7 @@ def _short(frame: str) -> str:
 
 def summarize(paths: Sequence[Path], title: str, top: int = 25) -> str:
     """A text report: samples by library (self time), the hottest functions by self and by total time."""
-    stacks: Counter[str] = Counter()
-    for path in paths:
-        for line in path.read_text(errors="replace").splitlines():
-            stack, _, count = line.rpartition(" ")
-            if stack and count.isdigit():
-                stacks[stack] += int(count)
+    stacks = read_stacks(paths)
     total = sum(stacks.values())
     if not total:
         return f"{title}: no samples"
@@ -94,5 +89,136 @@ def summarize(paths: Sequence[Path], title: str, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+# Where the time goes, in the categories the README's table uses. A sample
+# belongs to the innermost frame of its stack that names a category: time in
+# psycopg under the auth hook's query is psycopg's, time in hashlib under the
+# key check is auth's (C code has no frame of its own).
+CATEGORIES = [
+    "Flask/werkzeug", "auth", "validation", "SQLAlchemy", "psycopg/network", "serialization",
+    "logging", "metrics", "gunicorn", "other",
+]
+_STDLIB_JSON = re.compile(r"/python3\.\d+/json/")
+_STDLIB_LOGGING = re.compile(r"/python3\.\d+/logging/")
+_JOBAPI_SERIALIZERS = {"status_document", "job_document", "format_timestamp", "_serialize", "dump"}
+_YARDSTICK = {
+    "credentials": "auth", "check_key": "auth", "unauthorized": "auth",
+    "read_push": "validation", "validate_push": "validation", "_progress": "validation",
+    "_text_errors": "validation", "_finite_float": "validation", "_refuse_constant": "validation",
+    "request_digest": "validation",
+    "record_document": "serialization", "timestamp": "serialization",
+}
+
+
+def _frame_category(function: str, file: str, stack_loads: bool) -> str | None:
+    """The category one frame names, "json" for the stdlib's json (its caller decides), or None."""
+    path = "/" + file.replace("\\", "/")
+    if "/psycopg/" in path or "/psycopg_binary/" in path or "/psycopg_c/" in path or "/psycopg_pool/" in path:
+        return "psycopg/network"
+    if "/sqlalchemy/" in path or "/flask_sqlalchemy/" in path:
+        return "SQLAlchemy"
+    if path.endswith(("/jobapi/models.py", "/jobapi/storage.py", "/jobapi/transaction.py")):
+        return "SQLAlchemy"  # the app's own layer over it: column types, sessions, commits
+    if "/marshmallow/" in path:
+        return "validation" if stack_loads else "serialization"
+    if "/prometheus_client/" in path or path.endswith("/jobapi/metrics.py"):
+        return "metrics"
+    if _STDLIB_LOGGING.search(path) or path.endswith(("/jobapi/logs.py", "/jobapi/observability.py")):
+        return "logging"
+    if path.endswith("/jobapi/__init__.py") and function in ("_assign_request_id", "_echo_request_id"):
+        return "logging"  # request ids exist for the logs
+    if _STDLIB_JSON.search(path):
+        return "json"
+    if path.endswith(("/jobapi/auth.py", "/jobapi/keys.py", "/jobapi/tokens.py", "/werkzeug/datastructures/auth.py")):
+        return "auth"
+    if path.endswith("/jobapi/payload.py"):
+        return "validation"
+    if path.endswith("/jobapi/schemas.py"):
+        return "serialization" if function in _JOBAPI_SERIALIZERS else "validation"
+    if path.endswith("/yardstick_app.py"):
+        return _YARDSTICK.get(function, "other")
+    if "/flask/json/" in path:
+        return "serialization"
+    if "/werkzeug/" in path or "/flask/" in path or "/flask_smorest/" in path:
+        return "Flask/werkzeug"
+    if "/gunicorn/" in path:
+        return "gunicorn"
+    if "/jobapi/" in path:
+        return "other"
+    return None
+
+
+def categorize(frames: Sequence[str]) -> str:
+    """The category of one sampled stack (frames from the root to the leaf)."""
+    parsed = [_parse(frame) for frame in frames]
+    stack_loads = any(function in ("load", "_do_load", "loads") and "/marshmallow/" in file
+                      for function, file in parsed)
+    in_json = False
+    for function, file in reversed(parsed):
+        found = _frame_category(function, file, stack_loads)
+        if found == "json":
+            in_json = True
+            continue
+        if found is None:
+            continue
+        if in_json and found in ("Flask/werkzeug", "other"):
+            # The stdlib's json called by Flask writes an answer; called by the app, it depends on the app.
+            return "serialization"
+        return found
+    return "other"
+
+
+def read_stacks(paths: Sequence[Path]) -> Counter[str]:
+    """py-spy's raw (collapsed) output: sample count per stack."""
+    stacks: Counter[str] = Counter()
+    for path in paths:
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                stacks[stack] += int(count)
+    return stacks
+
+
+def categories(paths: Sequence[Path]) -> Counter[str]:
+    """Samples per category (CATEGORIES) in py-spy raw files."""
+    counts: Counter[str] = Counter()
+    for stack, count in read_stacks(paths).items():
+        counts[categorize([f for f in stack.split(";") if f])] += count
+    return counts
+
+
+def category_table(columns: dict[str, Counter[str]]) -> str:
+    """A table of categories (rows) by profiled route (columns), in % of each route's samples."""
+    names = list(columns)
+    width = max([len(c) for c in CATEGORIES] + [8])
+    cells = [max(len(name), 8) for name in names]
+    lines = [f"{'category':<{width}}  " + "  ".join(f"{name:>{w}}" for name, w in zip(names, cells))]
+    lines.append("-" * len(lines[0]))
+    totals = {name: sum(counts.values()) for name, counts in columns.items()}
+    for category in CATEGORIES:
+        row = []
+        for name, w in zip(names, cells):
+            total = totals[name]
+            row.append(f"{100 * columns[name][category] / total:>{w - 2}.1f} %" if total else f"{'-':>{w}}")
+        lines.append(f"{category:<{width}}  " + "  ".join(row))
+    lines.append(f"{'samples':<{width}}  " + "  ".join(f"{totals[n]:>{w},}" for n, w in zip(names, cells)))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``profiling.py [--categories] RAW...``: the report of summarize(), or the category table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--categories", action="store_true",
+                        help="print the table of categories (Flask/werkzeug, auth, validation, ...) instead")
+    parser.add_argument("raw", nargs="+", type=Path, help="py-spy record --format raw output files")
+    args = parser.parse_args(argv)
+    if args.categories:
+        print(category_table({"samples": categories(args.raw)}))
+    else:
+        print(summarize(args.raw, "py-spy samples"))
+    return 0
+
+
 if __name__ == "__main__":
-    print(summarize([Path(p) for p in sys.argv[1:]], "py-spy samples"))
+    sys.exit(main())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, insert, inspect
+from sqlalchemy import JSON, create_engine, insert, inspect
 from sqlalchemy.engine import make_url
 
 from jobapi.keys import hash_key, make_key
@@ -89,6 +89,8 @@ def job_rows(
             "error": "Exited with status 1" if state == "error" else None,
             "progress": progress,
             "timestamp": created_at + step * (seq - 1),
+            "step_name": None,
+            "step_description": None,
             "idempotency_key": None,
             "request_digest": None,
         })
@@ -103,6 +105,7 @@ def job_rows(
         "mem": MEM,
         "user_id": USER,
         "key_digest": key_digest,
+        "replaced_key_digest": None,
         "created_at": created_at,
         "state": last["state"],
         "stage": last["stage"],
@@ -201,15 +204,21 @@ class Seeder:
         import psycopg
 
         conninfo = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        json_columns = {
+            table.name: {c.name for c in table.columns if isinstance(c.type, JSON)}
+            for table in (Job.__table__, JobStatus.__table__)
+        }
         with psycopg.connect(conninfo) as connection:
             with connection.cursor() as cursor:
                 for job_batch, status_batch in self._chunks(jobs, chunk_jobs):
                     for table, batch in (("jobs", job_batch), ("job_status", status_batch)):
                         columns = self._columns[table]
+                        as_json = [name in json_columns[table] for name in columns]
                         names = ", ".join(f'"{name}"' for name in columns)
                         with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                             for row in batch:
-                                copy.write_row([_copy_value(row[name]) for name in columns])
+                                copy.write_row([_copy_value(row[name], is_json)
+                                                for name, is_json in zip(columns, as_json)])
             connection.commit()
 
     def _insert_core(self, jobs, chunk_jobs) -> None:
@@ -252,9 +261,9 @@ class Seeder:
         return built
 
 
-def _copy_value(value: Any) -> Any:
-    # COPY's text format takes JSON as its text.
-    if isinstance(value, (dict, list)):
+def _copy_value(value: Any, is_json: bool) -> Any:
+    # COPY's text format takes a JSON column's value as its JSON text (a string error too).
+    if is_json and value is not None:
         return json.dumps(value, separators=(",", ":"))
     return value
 

@@ -62,9 +62,14 @@ def run(client: JobClient, stage_seconds: float) -> None:
     print("complete", flush=True)
 
 
+def report_retry(method: str, url: str, reason: str) -> None:
+    """Say on stderr that a call to the service is being tried again, and why."""
+    print(f"retrying {method} {url}: {reason}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with JobClient(args.url, args.job_id, args.key) as client:
+    with JobClient(args.url, args.job_id, args.key, on_retry=report_retry) as client:
         try:
             run(client, args.stage_seconds)
         except JobCancelled:

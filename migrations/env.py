@@ -6,6 +6,8 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from jobapi.deadline import without_response_deadline
+
 config = context.config
 if config.config_file_name and not logging.getLogger().handlers:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
@@ -58,7 +60,9 @@ def run_migrations_online() -> None:
     conf_args = dict(migrate_ext.configure_args)
     conf_args.setdefault("process_revision_directives", _skip_empty_autogenerate)
     conf_args.setdefault("render_item", _render_item)
-    with engine.connect() as connection:
+    # Like the statement timeout below, the client's deadline on answers is
+    # for requests, not for building indexes on large tables.
+    with engine.connect() as connection, without_response_deadline(connection):
         _sqlite_foreign_keys(connection, False)
         try:
             context.configure(

@@ -4,6 +4,7 @@ its client and CLI runner, job factories, and a live gunicorn for end-to-end tes
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import signal
 import socket
@@ -24,7 +25,9 @@ from sqlalchemy.engine import make_url
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.config import normalize_database_url
 from jobapi.extensions import db
+from jobapi.jobs import service
 from jobapi.models import Job, JobStatus
+from jobapi.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
@@ -50,6 +53,16 @@ def _drop_postgresql_database(url: str) -> None:
     with admin.connect() as connection:
         connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _secret_key_file(tmp_path_factory) -> Iterator[None]:
+    """Apps and servers made by tests keep their session key in a temporary folder,
+    never in the source tree's instance folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SECRET_KEY", raising=False)
+        patch.setenv("SECRET_KEY_FILE", str(tmp_path_factory.mktemp("instance") / "secret_key"))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -82,14 +95,15 @@ def app(database_url) -> Iterator[Flask]:
 
 @pytest.fixture(autouse=True)
 def _empty_tables(request) -> Iterator[None]:
-    """Each test starts from empty tables (only for tests that use the database)."""
+    """Each test starts from empty tables (only for tests that use the database): every
+    table of the models, children before parents."""
     yield
     if "app" not in request.fixturenames:
         return
     app = request.getfixturevalue("app")
     with app.app_context():
-        db.session.execute(delete(JobStatus))
-        db.session.execute(delete(Job))
+        for table in reversed(db.metadata.sorted_tables):
+            db.session.execute(delete(table))
         db.session.commit()
 
 
@@ -125,10 +139,61 @@ def basic_auth(username: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
+def bearer(secret: str) -> dict[str, str]:
+    """An Authorization header for a bearer token."""
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def push(client, job: JobCredentials, state: str = "running", stage: str | None = "work",
+         progress: int | str = 50, *, headers: dict[str, str] | None = None, **fields):
+    """Push a status as the job, through the test client; the response."""
+    body = {"state": state, "stage": stage, "progress": progress, **fields}
+    return push_body(client, job, body, headers=headers)
+
+
+def push_body(client, job: JobCredentials, body, *, headers: dict[str, str] | None = None):
+    """POST any JSON body to the job's status route, as the job; the response."""
+    return client.post(f"/api/jobs/{job.id}/status", json=body, headers={**job.auth, **(headers or {})})
+
+
+def push_through_service(app, job_id: str, state: str, stage: str | None, progress: int, error=None) -> None:
+    """Push a status as the service would for the job, in a transaction of its own."""
+    with app.app_context():
+        locked = service.lock_job(db.session, job_id)
+        fields = {"state": state, "stage": stage, "progress": progress, "error": error}
+        service.push_status(db.session, locked, service.PushFields(fields))
+        db.session.commit()
+
+
+@pytest.fixture
+def make_token(app) -> Callable[..., str]:
+    """Make an operator's or runner's token through the service; returns its secret."""
+    numbers = itertools.count(1)
+
+    def make(role: str, name: str | None = None) -> str:
+        with app.app_context():
+            new = create_token(db.session, name=name or f"{role}-{next(numbers)}", role=role)
+            db.session.commit()
+            return new.secret
+
+    return make
+
+
+@pytest.fixture
+def operator(make_token) -> dict[str, str]:
+    """The Authorization header of an operator."""
+    return bearer(make_token("operator", "ops"))
+
+
+@pytest.fixture
+def runner_token(make_token) -> dict[str, str]:
+    """The Authorization header of a runner."""
+    return bearer(make_token("runner", "runner-1"))
+
+
 @pytest.fixture
 def make_job(app) -> Callable[..., JobCredentials]:
     """Make a job through the service, as the CLI does; returns its credentials."""
-    from jobapi import service
 
     def make(**fields) -> JobCredentials:
         fields.setdefault("task", "create_subtraction")

@@ -6,7 +6,6 @@ import base64
 import hashlib
 
 import pytest
-
 from conftest import basic_auth
 
 CHALLENGE = 'Basic realm="jobs"'
@@ -236,3 +235,45 @@ def test_stored_digest_is_sha256_of_key(job, stored_job):
     assert row.key_digest == hashlib.sha256(job.key.encode()).hexdigest()
     assert row.key_digest != job.key
     assert job.key not in (row.key_digest, str(row.args), row.task, row.user_id)
+
+
+# What each 401 says (its id stays unauthorized)
+
+
+def test_401_messages_say_what_is_wrong(app, client, runner, job, make_job):
+    def message(headers):
+        response = client.get(f"/api/jobs/{job.id}", headers=headers)
+        assert response.status_code == 401
+        assert response.json["id"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"] == 'Basic realm="jobs"'
+        return response.json["message"]
+
+    assert message({}) == "Missing credentials"
+    assert message({"Authorization": "Digest abc"}) == "Malformed credentials"
+    assert message({"Authorization": "Basic ???"}) == "Malformed credentials"
+    assert message(basic_auth("someone", job.key)) == "Malformed credentials"
+    assert message(basic_auth(f"job-{job.id}", "0" * 64)) == "Wrong key"
+    assert message({"Authorization": "Bearer jobapi_op_" + "0" * 64}) == "Invalid or revoked token"
+
+    rotated = runner.invoke(args=["jobs", "rotate-key", job.id])
+    assert rotated.exit_code == 0
+    assert message(job.auth) == "Key was replaced"
+
+
+def test_401_after_the_grace_period_says_the_job_is_no_longer_active(app, client, job, monkeypatch):
+    assert client.post(f"/api/jobs/{job.id}/status", json={"state": "cancelled", "stage": "s", "progress": 0},
+                       headers=job.auth).status_code == 200
+    monkeypatch.setitem(app.config, "JOB_KEY_GRACE_SECONDS", -1)
+    response = client.get(f"/api/jobs/{job.id}", headers=job.auth)
+    assert response.status_code == 401
+    assert response.json == {"id": "unauthorized", "message": "Job is no longer active"}
+
+
+def test_the_401_order_holds_whatever_the_message(client, make_job):
+    one, other = make_job(), make_job()
+    # Malformed credentials answer before anything about the path's job.
+    assert client.get("/api/jobs/zzzzzzzz", headers={"Authorization": "Basic ???"}).status_code == 401
+    # Another job's credentials, right key or wrong: 403 before the job is looked up.
+    assert client.get(f"/api/jobs/{other.id}", headers=basic_auth(f"job-{one.id}", "0" * 64)).status_code == 403
+    # A job that does not exist: 404 before the key is checked.
+    assert client.get("/api/jobs/zzzzzzzz", headers=basic_auth("job-zzzzzzzz", "0" * 64)).status_code == 404

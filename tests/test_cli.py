@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import sqlalchemy
+from conftest import basic_auth, push
 from sqlalchemy import func, select
 
-from conftest import basic_auth
 from jobapi.extensions import db
 from jobapi.models import Job, JobStatus
 
@@ -41,12 +45,6 @@ def assert_failed(result):
     return lines[0]
 
 
-def push(client, job, state, stage, progress, error=None):
-    body = {"state": state, "stage": stage, "progress": progress}
-    if error is not None:
-        body["error"] = error
-    response = client.post(f"/api/jobs/{job.id}/status", json=body, headers=job.auth)
-    assert response.status_code == 200, response.get_json()
 
 
 # jobs create
@@ -62,13 +60,16 @@ def test_create_prints_one_json_document_with_key(runner, stored_job, stored):
     assert result.exit_code == 0, result.output
     assert result.stdout.endswith("\n") and result.stdout.count("\n") == 1
     document = json.loads(result.stdout)
-    assert set(document) == {"id", "task", "args", "proc", "mem", "user", "status", "key"}
+    assert set(document) == {
+        "id", "task", "args", "proc", "mem", "user", "status", "key",
+        "workflow", "state", "stage", "progress", "created_at", "acquired", "archived", "rights", "ping",
+    }
     assert re.fullmatch(r"[a-z0-9]{8}", document["id"])
     assert re.fullmatch(r"[0-9a-f]{64}", document["key"])
     assert document["task"] == "create_subtraction"
     assert document["args"] == {"subtraction_id": "Thale", "file_id": "vlekszor-ATgenomeTAIR9.171"}
     assert (document["proc"], document["mem"]) == (2, 4)
-    assert document["user"] == {"id": "igboyes"}
+    assert document["user"] == {"id": "igboyes", "handle": "igboyes"}
     [record] = document["status"]
     assert (record["state"], record["stage"], record["error"], record["progress"]) == ("waiting", None, None, 0)
     assert TIMESTAMP.match(record["timestamp"])
@@ -153,7 +154,7 @@ def test_create_args_not_json_says_so(runner):
 def test_create_bad_task_names_the_field(runner):
     line = assert_failed(jobs(runner, "create", "--task", "Bad Task", "--user", "u"))
 
-    assert "task" in line
+    assert line == "Error: Invalid input: task: Must be 1 to 64 characters of a-z, 0-9 and _."
 
 
 # jobs list
@@ -163,11 +164,11 @@ def test_create_bad_task_names_the_field(runner):
 def three_jobs(make_job, client):
     """Three jobs, oldest first: a running assembly, a waiting build for another user, a complete build."""
     first = make_job(task="assemble", user="alice")
-    push(client, first, "running", "align", 40)
+    assert push(client, first, "running", "align", 40).status_code == 200
     second = make_job(task="build_index", user="bob")
     third = make_job(task="build_index", user="alice")
-    push(client, third, "running", "index", 50)
-    push(client, third, "complete", "done", 100)
+    assert push(client, third, "running", "index", 50).status_code == 200
+    assert push(client, third, "complete", "done", 100).status_code == 200
     return first, second, third
 
 
@@ -186,7 +187,7 @@ def test_list_json_newest_first_with_state_and_progress(runner, three_jobs):
     assert [(item["state"], item["progress"]) for item in listed] == [("complete", 100), ("waiting", 0), ("running", 40)]
     assert [item["stage"] for item in listed] == ["done", None, "align"]
     assert [item["task"] for item in listed] == ["build_index", "build_index", "assemble"]
-    assert [item["user"] for item in listed] == [{"id": "alice"}, {"id": "bob"}, {"id": "alice"}]
+    assert [item["user"] for item in listed] == [{"id": "alice", "handle": "alice"}, {"id": "bob", "handle": "bob"}, {"id": "alice", "handle": "alice"}]
     assert all("status" not in item and "key" not in item for item in listed)
 
 
@@ -259,7 +260,7 @@ def test_list_table_has_aligned_columns(runner, three_jobs):
 
 
 def test_show_prints_the_document(runner, client, job):
-    push(client, job, "running", "bowtie_build", 40)
+    assert push(client, job, "running", "bowtie_build", 40).status_code == 200
 
     result = jobs(runner, "show", job.id)
 
@@ -281,7 +282,7 @@ def test_show_unknown_id_fails(runner, job_id):
 
 
 def test_cancel_running_job_keeps_stage_and_progress(runner, client, job, stored, stored_job):
-    push(client, job, "running", "bowtie_build", 40)
+    assert push(client, job, "running", "bowtie_build", 40).status_code == 200
 
     result = jobs(runner, "cancel", job.id)
 
@@ -335,7 +336,7 @@ def test_cancel_already_cancelled_is_left_alone(runner, job, stored):
 )
 def test_cancel_finished_job_is_refused(runner, client, job, stored, stored_job, pushes):
     for state, stage, progress, error in pushes:
-        push(client, job, state, stage, progress, error)
+        assert push(client, job, state, stage, progress, error=error).status_code == 200
     before = [(r.seq, r.state) for r in stored(job.id)]
     final = pushes[-1][0]
 
@@ -366,7 +367,7 @@ def test_cancel_unknown_id_fails(runner, app, job_id):
 def test_remove_finished_job_deletes_it_and_its_records(runner, client, app, make_job, stored, stored_job, pushes):
     job, other = make_job(), make_job()
     for state, stage, progress, error in pushes:
-        push(client, job, state, stage, progress, error)
+        assert push(client, job, state, stage, progress, error=error).status_code == 200
 
     result = jobs(runner, "remove", job.id)
 
@@ -381,7 +382,7 @@ def test_remove_finished_job_deletes_it_and_its_records(runner, client, app, mak
 @pytest.mark.parametrize("state", ["waiting", "running"])
 def test_remove_active_job_is_refused(runner, client, job, stored, stored_job, state):
     if state == "running":
-        push(client, job, "running", "a", 10)
+        assert push(client, job, "running", "a", 10).status_code == 200
     before = [(r.seq, r.state) for r in stored(job.id)]
 
     line = assert_failed(jobs(runner, "remove", job.id))
@@ -394,7 +395,7 @@ def test_remove_active_job_is_refused(runner, client, job, stored, stored_job, s
 @pytest.mark.parametrize("state", ["waiting", "running"])
 def test_remove_active_job_with_force(runner, client, app, job, stored, stored_job, state):
     if state == "running":
-        push(client, job, "running", "a", 10)
+        assert push(client, job, "running", "a", 10).status_code == 200
 
     result = jobs(runner, "remove", job.id, "--force")
 
@@ -434,3 +435,58 @@ def test_shell_context_has_session_models_and_sqlalchemy(app, job):
         found = context["session"].scalars(context["sqlalchemy"].select(context["Job"])).all()
         assert [row.id for row in found] == [job.id]
         context["session"].rollback()
+
+
+# Details an operator relies on
+
+
+def test_rotate_key_refuses_a_finished_job(runner, client, job, stored_job):
+    assert push(client, job, "cancelled", "s", 0).status_code == 200
+    digest = stored_job(job.id).key_digest
+    line = assert_failed(jobs(runner, "rotate-key", job.id))
+    assert line == "Error: Job is cancelled"
+    assert stored_job(job.id).key_digest == digest
+
+
+def test_rotate_key_gives_a_key_that_works(runner, client, job):
+    result = jobs(runner, "rotate-key", job.id)
+    assert result.exit_code == 0
+    key = json.loads(result.stdout)["key"]
+    assert client.get(f"/api/jobs/{job.id}", headers=basic_auth(f"job-{job.id}", key)).status_code == 200
+
+
+@pytest.mark.parametrize("limit", ["0", "101"])
+def test_list_limit_is_1_to_100_as_the_api(runner, limit):
+    line = assert_failed(jobs(runner, "list", "--limit", limit))
+    assert "--limit" in line and "1<=x<=100" in line
+
+
+def test_show_pretty_indents(runner, job):
+    result = jobs(runner, "show", job.id, "--pretty")
+    assert result.exit_code == 0
+    assert result.stdout.startswith('{\n  "id": ')
+    assert json.loads(result.stdout)["id"] == job.id
+
+
+def test_a_deleted_token_frees_its_name(runner):
+    def tokens(*args):
+        return runner.invoke(args=["tokens", *args])
+
+    assert tokens("create", "--name", "node-1", "--role", "runner").exit_code == 0
+    assert tokens("revoke", "node-1").exit_code == 0
+    assert assert_failed(tokens("create", "--name", "node-1", "--role", "runner")) == (
+        "Error: A token named 'node-1' already exists"
+    )
+    assert tokens("delete", "node-1").stdout == "Deleted token 'node-1'\n"
+    assert tokens("create", "--name", "node-1", "--role", "runner").exit_code == 0
+    assert assert_failed(tokens("delete", "nobody")) == "Error: No token named 'nobody'"
+
+
+def test_the_jobapi_command_is_flask_app_jobapi(database_url, app, job):
+    command = Path(sys.executable).with_name("jobapi")
+    env = {**os.environ, "DATABASE_URL": database_url}
+    listed = subprocess.run([str(command), "jobs", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert [item["id"] for item in json.loads(listed.stdout)] == [job.id]
+    helped = subprocess.run([str(command), "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert "jobs" in helped.stdout and "tokens" in helped.stdout and "db" in helped.stdout

@@ -9,13 +9,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-
 from conftest import ROOT, free_port
-from jobapi import service
+from sqlalchemy import update
+
 from jobapi.client import (
     Conflict,
     InsufficientRights,
@@ -24,11 +25,16 @@ from jobapi.client import (
     JobCancelled,
     JobClient,
     JobFinished,
+    JobTerminated,
+    JobTimedOut,
+    MissingSetting,
     NotFound,
     ServiceUnavailable,
     Unauthorized,
 )
 from jobapi.extensions import db
+from jobapi.jobs import service
+from jobapi.models import Job, utcnow
 
 pytestmark = pytest.mark.e2e
 
@@ -369,3 +375,62 @@ def test_example_worker_needs_credentials(live_server):
     )
     assert done.returncode == 2
     assert "--job-id" in done.stderr
+
+
+def test_each_retry_is_reported_to_the_listener(flaky_proxy, job):
+    flaky_proxy.plan = ["503", "forward-502"]
+    told: list[tuple[str, str, str]] = []
+    with JobClient(flaky_proxy.url, job.id, job.key, retries=3, backoff_factor=0,
+                   on_retry=lambda *retry: told.append(retry)) as client:
+        client.push("running", "align", 10)
+    assert [(method, reason) for method, _, reason in told] == [("POST", "HTTP 503"), ("POST", "HTTP 502")]
+    assert all(url.endswith(f"/api/jobs/{job.id}/status") for _, url, _ in told)
+
+
+def test_from_environment_names_what_is_missing(monkeypatch):
+    monkeypatch.setenv("JOBAPI_URL", "http://127.0.0.1:1")
+    monkeypatch.delenv("JOB_ID", raising=False)
+    monkeypatch.setenv("JOB_KEY", " ")
+    with pytest.raises(MissingSetting) as raised:
+        JobClient.from_environment()
+    assert raised.value.names == ["JOB_ID", "JOB_KEY"]
+    assert "JOB_ID, JOB_KEY" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("final", "error", "exception"),
+    [
+        ("cancelled", None, JobCancelled),
+        ("terminated", None, JobTerminated),
+        ("complete", None, JobFinished),
+        ("error", "boom", JobFinished),
+    ],
+)
+def test_a_push_after_a_final_state_raises_its_exception(job_client, final, error, exception):
+    job_client.push("running", "align", 10)
+    job_client.push(final, "align", 10, error=error)
+    with pytest.raises(exception) as raised:
+        job_client.push("running", "late", 20)
+    assert type(raised.value) is exception
+    assert raised.value.state == final
+
+
+def test_a_timed_out_job_raises_job_timed_out(app, job_client, job):
+    job_client.push("running", "align", 10)
+    with app.app_context():
+        db.session.execute(update(Job).where(Job.id == job.id).values(updated_at=utcnow() - timedelta(hours=1)))
+        db.session.commit()
+    assert app.test_cli_runner().invoke(args=["jobs", "reap", "--timeout", "60"]).exit_code == 0
+    with pytest.raises(JobTimedOut) as raised:
+        job_client.ping()
+    assert raised.value.state == "timeout"
+
+
+def test_the_example_worker_reports_retries_on_stderr(flaky_proxy, job):
+    flaky_proxy.plan = ["503"]
+    worker = run_worker(
+        None, job, "--url", flaky_proxy.url, "--job-id", job.id, "--key", job.key, "--stage-seconds", "0.05",
+    )
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert f"retrying GET /api/jobs/{job.id}: HTTP 503" in err

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from jobapi import service
 from jobapi.extensions import db
+from jobapi.jobs import service
 from jobapi.models import Job
-from jobapi.schemas import job_document, job_out_schema, status_document, status_out_schema
+from jobapi.schemas import (
+    job_document,
+    job_out_schema,
+    status_document,
+    status_out_schema,
+)
 
 
 def test_job_document_matches_schema(app, client, make_job):

@@ -27,9 +27,11 @@ from hypothesis import HealthCheck, settings
 from schemathesis.core.parameters import ParameterLocation
 from sqlalchemy import delete
 
-from jobapi import create_app, openapi, service
+from jobapi import create_app, openapi
 from jobapi.extensions import db
+from jobapi.jobs import pages, service
 from jobapi.models import ApiToken
+from jobapi.tokens import create_token
 
 pytestmark = pytest.mark.e2e
 
@@ -85,9 +87,7 @@ class Credentials:
             db.session.commit()
             for pushed, error in PUSH_TO.get(state, []):
                 locked = service.lock_job(db.session, new.job.id)
-                service.push_status(
-                    db.session, locked, state=pushed, stage="fuzz", progress=50, error=error
-                )
+                service.push_status(db.session, locked, service.PushFields({"state": pushed, "stage": "fuzz", "progress": 50, "error": error}))
                 db.session.commit()
             return new.job.id, new.key
 
@@ -100,7 +100,7 @@ class Credentials:
         """
         if "cursor" in (case.query or {}) and not _negative(case, ParameterLocation.QUERY):
             position = SimpleNamespace(created_at=datetime.now(UTC), id="zzzzzzzz")
-            case.query = {**case.query, "cursor": service.encode_cursor(position)}
+            case.query = {**case.query, "cursor": pages.encode_cursor(position)}
         body = case.body
         if case.path == "/api/jobs/claim" and isinstance(body, dict) and not _negative(case, ParameterLocation.BODY):
             # A waiting job of a task it lists, so that a valid claim may get one (200), not
@@ -128,7 +128,7 @@ class Credentials:
 def credentials(app) -> Iterator[Credentials]:
     with app.app_context():
         tokens = {
-            role: service.create_token(db.session, name=name, role=role).secret
+            role: create_token(db.session, name=name, role=role).secret
             for name, role in zip(TOKEN_NAMES, ("operator", "runner"))
         }
         db.session.commit()

@@ -12,14 +12,14 @@ import json
 
 import pytest
 
-from jobapi import service
 from jobapi.extensions import db
+from jobapi.tokens import create_token
 
 
 @pytest.fixture
 def operator(app) -> dict[str, str]:
     with app.app_context():
-        secret = service.create_token(db.session, name="regression-operator", role="operator").secret
+        secret = create_token(db.session, name="regression-operator", role="operator").secret
         db.session.commit()
     yield {"Authorization": f"Bearer {secret}"}
     with app.app_context():

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+from conftest import push_body
 
 from jobapi.schemas import format_timestamp
 
@@ -16,10 +17,6 @@ RUNNING = {"state": "running", "stage": "bowtie_build", "progress": 40}
 
 def parse_timestamp(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-def push(client, job, body):
-    return client.post(f"/api/jobs/{job.id}/status", json=body, headers=job.auth)
 
 
 def assert_invalid(response, field):
@@ -44,13 +41,22 @@ def test_get_returns_the_job_document(client, job):
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     document = response.get_json()
-    assert set(document) == {"id", "task", "args", "proc", "mem", "user", "status"}
+    assert set(document) == {
+        "id", "task", "args", "proc", "mem", "user", "status",
+        # Virtool's (SPEC 7.2)
+        "workflow", "state", "stage", "progress", "created_at", "acquired", "archived", "rights", "ping",
+    }
     assert document["id"] == job.id
     assert document["task"] == "create_subtraction"
     assert document["args"] == {"subtraction_id": "Thale"}
     assert document["proc"] == 2 and type(document["proc"]) is int
     assert document["mem"] == 4 and type(document["mem"]) is int
-    assert document["user"] == {"id": "igboyes"}
+    assert document["user"] == {"id": "igboyes", "handle": "igboyes"}
+    assert document["workflow"] == "create_subtraction"
+    assert (document["state"], document["stage"], document["progress"]) == ("waiting", None, 0)
+    assert document["created_at"] == document["status"][0]["timestamp"]
+    assert document["acquired"] is False and document["archived"] is False
+    assert document["rights"] == {} and document["ping"] is None
 
 
 def test_get_new_job_has_one_waiting_record(client, job, stored):
@@ -90,7 +96,7 @@ def test_get_lists_status_oldest_first(client, job):
         {"state": "running", "stage": "bowtie_build", "progress": 60},
     ]
     for body in bodies:
-        assert push(client, job, body).status_code == 200
+        assert push_body(client, job, body).status_code == 200
 
     status = client.get(f"/api/jobs/{job.id}", headers=job.auth).get_json()["status"]
 
@@ -110,7 +116,7 @@ def test_get_lists_status_oldest_first(client, job):
 
 def test_push_returns_the_stored_record(client, job, stored):
     before = datetime.now(UTC).replace(microsecond=0)
-    response = push(client, job, RUNNING)
+    response = push_body(client, job, RUNNING)
     after = datetime.now(UTC)
 
     assert response.status_code == 200
@@ -127,7 +133,7 @@ def test_push_returns_the_stored_record(client, job, stored):
 
 
 def test_push_is_appended_to_the_document(client, job):
-    record = push(client, job, RUNNING).get_json()
+    record = push_body(client, job, RUNNING).get_json()
 
     status = client.get(f"/api/jobs/{job.id}", headers=job.auth).get_json()["status"]
 
@@ -136,7 +142,7 @@ def test_push_is_appended_to_the_document(client, job):
 
 
 def test_push_is_stored(client, job, stored):
-    record = push(client, job, RUNNING).get_json()
+    record = push_body(client, job, RUNNING).get_json()
 
     rows = stored(job.id)
 
@@ -147,7 +153,7 @@ def test_push_is_stored(client, job, stored):
 
 
 def test_push_progress_digit_string_is_accepted_as_integer(client, job, stored):
-    response = push(client, job, {"state": "running", "stage": "bowtie_build", "progress": "40"})
+    response = push_body(client, job, {"state": "running", "stage": "bowtie_build", "progress": "40"})
 
     assert response.status_code == 200
     assert response.get_json()["progress"] == 40
@@ -157,7 +163,7 @@ def test_push_progress_digit_string_is_accepted_as_integer(client, job, stored):
 
 @pytest.mark.parametrize("progress", [0, 100, "0", "100"])
 def test_push_progress_bounds_are_accepted(client, job, progress):
-    response = push(client, job, {"state": "running", "stage": "s", "progress": progress})
+    response = push_body(client, job, {"state": "running", "stage": "s", "progress": progress})
 
     assert response.status_code == 200
     assert response.get_json()["progress"] == int(progress)
@@ -165,7 +171,7 @@ def test_push_progress_bounds_are_accepted(client, job, progress):
 
 @pytest.mark.parametrize("stage", ["", "x" * 256, "étape ✓"])
 def test_push_stage_edge_values_are_accepted(client, job, stored, stage):
-    response = push(client, job, {"state": "running", "stage": stage, "progress": 1})
+    response = push_body(client, job, {"state": "running", "stage": stage, "progress": 1})
 
     assert response.status_code == 200
     assert response.get_json()["stage"] == stage
@@ -174,7 +180,7 @@ def test_push_stage_edge_values_are_accepted(client, job, stored, stage):
 
 def test_push_error_with_error_state_is_stored(client, job, stored):
     message = "Traceback: bowtie2-build exited with 1\n" + "e" * 16000
-    response = push(client, job, {"state": "error", "stage": "bowtie_build", "progress": 40, "error": message})
+    response = push_body(client, job, {"state": "error", "stage": "bowtie_build", "progress": 40, "error": message})
 
     assert response.status_code == 200
     assert response.get_json()["error"] == message
@@ -182,14 +188,14 @@ def test_push_error_with_error_state_is_stored(client, job, stored):
 
 
 def test_push_explicit_null_error_is_accepted(client, job):
-    response = push(client, job, {**RUNNING, "error": None})
+    response = push_body(client, job, {**RUNNING, "error": None})
 
     assert response.status_code == 200
     assert response.get_json()["error"] is None
 
 
 def test_push_timestamps_never_go_back(client, job, stored):
-    stamps = [push(client, job, {"state": "running", "stage": f"s{i}", "progress": i}).get_json()["timestamp"] for i in range(5)]
+    stamps = [push_body(client, job, {"state": "running", "stage": f"s{i}", "progress": i}).get_json()["timestamp"] for i in range(5)]
 
     document = client.get(f"/api/jobs/{job.id}", headers=job.auth).get_json()
     listed = [parse_timestamp(r["timestamp"]) for r in document["status"]]
@@ -244,7 +250,7 @@ INVALID = [
 
 @pytest.mark.parametrize(("body", "field"), INVALID)
 def test_push_invalid_is_422_naming_the_field(client, job, stored, stored_job, body, field):
-    response = push(client, job, body)
+    response = push_body(client, job, body)
 
     assert_invalid(response, field)
     assert [(r.seq, r.state) for r in stored(job.id)] == [(1, "waiting")]
@@ -253,7 +259,7 @@ def test_push_invalid_is_422_naming_the_field(client, job, stored, stored_job, b
 
 
 def test_push_invalid_names_every_bad_field(client, job, stored):
-    response = push(client, job, {"state": "paused", "stage": "x" * 300, "progress": 101, "extra": 1})
+    response = push_body(client, job, {"state": "paused", "stage": "x" * 300, "progress": 101, "extra": 1})
 
     assert response.status_code == 422
     assert set(response.get_json()["errors"]) == {"state", "stage", "progress", "extra"}
@@ -261,7 +267,7 @@ def test_push_invalid_names_every_bad_field(client, job, stored):
 
 
 def test_push_empty_object_names_required_fields(client, job, stored):
-    response = push(client, job, {})
+    response = push_body(client, job, {})
 
     assert response.status_code == 422
     assert set(response.get_json()["errors"]) == {"state", "stage", "progress"}
@@ -271,6 +277,6 @@ def test_push_empty_object_names_required_fields(client, job, stored):
 def test_push_invalid_leaves_document_unchanged(client, job):
     before = client.get(f"/api/jobs/{job.id}", headers=job.auth).get_json()
 
-    assert push(client, job, {"state": "running", "stage": "a\u0000b", "progress": 1}).status_code == 422
+    assert push_body(client, job, {"state": "running", "stage": "a\u0000b", "progress": 1}).status_code == 422
 
     assert client.get(f"/api/jobs/{job.id}", headers=job.auth).get_json() == before

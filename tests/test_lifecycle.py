@@ -9,16 +9,11 @@ import time
 from datetime import timedelta
 
 import pytest
+from conftest import push
 from sqlalchemy import update
 
 from jobapi.extensions import db
 from jobapi.models import Job, utcnow
-
-
-def push(client, job, headers=None, **body):
-    return client.post(
-        f"/api/jobs/{job.id}/status", json=body, headers={**job.auth, **(headers or {})}
-    )
 
 
 def set_job(app, job_id, **values):
@@ -32,25 +27,25 @@ def set_job(app, job_id, **values):
 
 
 def test_retry_with_same_key_returns_original_record(client, job, stored):
-    first = push(client, job, {"Idempotency-Key": "push-1"}, state="running", stage="a", progress="40")
-    again = push(client, job, {"Idempotency-Key": "push-1"}, state="running", stage="a", progress=40)
+    first = push(client, job, headers={"Idempotency-Key": "push-1"}, state="running", stage="a", progress="40")
+    again = push(client, job, headers={"Idempotency-Key": "push-1"}, state="running", stage="a", progress=40)
     assert first.status_code == again.status_code == 200
     assert again.json == first.json
     assert [r.state for r in stored(job.id)] == ["waiting", "running"]
 
 
 def test_retry_replays_even_after_later_pushes(client, job, stored):
-    first = push(client, job, {"Idempotency-Key": "k1"}, state="running", stage="a", progress=10)
-    push(client, job, {"Idempotency-Key": "k2"}, state="running", stage="b", progress=20)
-    again = push(client, job, {"Idempotency-Key": "k1"}, state="running", stage="a", progress=10)
+    first = push(client, job, headers={"Idempotency-Key": "k1"}, state="running", stage="a", progress=10)
+    push(client, job, headers={"Idempotency-Key": "k2"}, state="running", stage="b", progress=20)
+    again = push(client, job, headers={"Idempotency-Key": "k1"}, state="running", stage="a", progress=10)
     assert again.status_code == 200
     assert again.json == first.json
     assert len(stored(job.id)) == 3
 
 
 def test_same_key_different_body_is_422_naming_header(client, job, stored):
-    push(client, job, {"Idempotency-Key": "k"}, state="running", stage="a", progress=10)
-    reused = push(client, job, {"Idempotency-Key": "k"}, state="running", stage="b", progress=10)
+    push(client, job, headers={"Idempotency-Key": "k"}, state="running", stage="a", progress=10)
+    reused = push(client, job, headers={"Idempotency-Key": "k"}, state="running", stage="b", progress=10)
     assert reused.status_code == 422
     assert reused.json["id"] == "invalid_input"
     assert list(reused.json["errors"]) == ["Idempotency-Key"]
@@ -59,7 +54,7 @@ def test_same_key_different_body_is_422_naming_header(client, job, stored):
 
 @pytest.mark.parametrize("key", ["", "x" * 129, "caf\u00e9", "tab\there"])
 def test_malformed_idempotency_key_is_422(client, job, stored, key):
-    response = push(client, job, {"Idempotency-Key": key}, state="running", stage="a", progress=1)
+    response = push(client, job, headers={"Idempotency-Key": key}, state="running", stage="a", progress=1)
     assert response.status_code == 422
     assert "Idempotency-Key" in response.json["errors"]
     assert len(stored(job.id)) == 1
@@ -67,22 +62,22 @@ def test_malformed_idempotency_key_is_422(client, job, stored, key):
 
 def test_longest_idempotency_key_is_accepted(client, job):
     key = "k" * 128
-    assert push(client, job, {"Idempotency-Key": key}, state="running", stage="a", progress=1).status_code == 200
+    assert push(client, job, headers={"Idempotency-Key": key}, state="running", stage="a", progress=1).status_code == 200
 
 
 def test_keys_are_per_job(client, make_job, stored):
     one, two = make_job(), make_job()
-    assert push(client, one, {"Idempotency-Key": "same"}, state="running", stage="a", progress=1).status_code == 200
-    assert push(client, two, {"Idempotency-Key": "same"}, state="running", stage="b", progress=2).status_code == 200
+    assert push(client, one, headers={"Idempotency-Key": "same"}, state="running", stage="a", progress=1).status_code == 200
+    assert push(client, two, headers={"Idempotency-Key": "same"}, state="running", stage="b", progress=2).status_code == 200
     assert len(stored(one.id)) == len(stored(two.id)) == 2
 
 
 def test_final_push_replays_after_finish(client, job, stored):
-    final = push(client, job, {"Idempotency-Key": "done"}, state="error", stage="x", progress=3, error="boom")
-    again = push(client, job, {"Idempotency-Key": "done"}, state="error", stage="x", progress=3, error="boom")
+    final = push(client, job, headers={"Idempotency-Key": "done"}, state="error", stage="x", progress=3, error="boom")
+    again = push(client, job, headers={"Idempotency-Key": "done"}, state="error", stage="x", progress=3, error="boom")
     assert again.status_code == 200
     assert again.json == final.json
-    other = push(client, job, {"Idempotency-Key": "other"}, state="error", stage="x", progress=3, error="boom")
+    other = push(client, job, headers={"Idempotency-Key": "other"}, state="error", stage="x", progress=3, error="boom")
     assert other.status_code == 409
     assert len(stored(job.id)) == 2
 
@@ -190,7 +185,7 @@ def test_ping_on_finished_job_is_409(client, job):
     assert response.json == {"id": "conflict", "message": "Job is cancelled", "state": "cancelled"}
 
 
-def test_reap_fails_silent_running_jobs_only(app, client, runner, make_job, stored):
+def test_reap_times_out_silent_running_jobs_only(app, client, runner, make_job, stored):
     silent, pinged, waiting, fresh = make_job(), make_job(), make_job(), make_job()
     for job in (silent, pinged, fresh):
         push(client, job, state="running", stage="work", progress=50)
@@ -205,12 +200,13 @@ def test_reap_fails_silent_running_jobs_only(app, client, runner, make_job, stor
     assert all(job.id not in result.output for job in (pinged, waiting, fresh))
 
     last = stored(silent.id)[-1]
-    assert (last.state, last.stage, last.progress) == ("error", "timeout", 50)
+    # Virtool's timeout state, keeping the stage and progress (SPEC 7.3).
+    assert (last.state, last.stage, last.progress) == ("timeout", "work", 50)
     assert "No heartbeat for 1000 seconds" in last.error
     for job in (pinged, waiting, fresh):
         assert stored(job.id)[-1].state in {"running", "waiting"}
     refused = push(client, silent, state="running", stage="late", progress=60)
-    assert refused.json == {"id": "conflict", "message": "Job has errored", "state": "error"}
+    assert refused.json == {"id": "conflict", "message": "Job timed out", "state": "timeout"}
 
 
 def test_reap_with_short_timeout(client, runner, job, stored):
@@ -221,7 +217,7 @@ def test_reap_with_short_timeout(client, runner, job, stored):
     result = runner.invoke(args=["jobs", "reap", "--timeout", "1"])
     assert result.exit_code == 0
     assert f"Reaped job {job.id}" in result.output
-    assert stored(job.id)[-1].state == "error"
+    assert stored(job.id)[-1].state == "timeout"
 
 
 def test_reap_rejects_bad_timeout(runner):
@@ -234,7 +230,7 @@ def test_reap_rejects_bad_timeout(runner):
 
 def test_finished_key_reads_during_grace_then_expires(app, client, job):
     push(client, job, state="running", stage="work", progress=50)
-    final = push(client, job, {"Idempotency-Key": "last"}, state="complete", stage="done", progress=100)
+    final = push(client, job, headers={"Idempotency-Key": "last"}, state="complete", stage="done", progress=100)
     assert final.status_code == 200
     assert client.get(f"/api/jobs/{job.id}", headers=job.auth).status_code == 200
     set_job(app, job.id, updated_at=utcnow() - timedelta(seconds=601))
@@ -242,7 +238,7 @@ def test_finished_key_reads_during_grace_then_expires(app, client, job):
     assert expired.status_code == 401
     assert expired.json == {"id": "unauthorized", "message": "Job is no longer active"}
     assert expired.headers["WWW-Authenticate"] == 'Basic realm="jobs"'
-    replay = push(client, job, {"Idempotency-Key": "last"}, state="complete", stage="done", progress=100)
+    replay = push(client, job, headers={"Idempotency-Key": "last"}, state="complete", stage="done", progress=100)
     assert replay.status_code == 401
 
 

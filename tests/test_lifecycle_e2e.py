@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-
 from conftest import start_gunicorn, stop_gunicorn
-from jobapi import service
+
 from jobapi.extensions import db
+from jobapi.jobs import service
 from jobapi.models import FINAL_STATES
 
 pytestmark = pytest.mark.e2e
@@ -127,13 +127,13 @@ def test_reaping_a_silent_worker(app, live_server, job, stored):
     assert http.post(url + "/status", json={"state": "running", "stage": "align", "progress": 20}, auth=job.requests_auth, timeout=TIMEOUT).status_code == 200
     assert http.put(url + "/ping", auth=job.requests_auth, timeout=TIMEOUT).status_code == 200
     time.sleep(1.2)
-    with app.app_context():
-        reaped = service.reap_jobs(db.session, 1)
-        db.session.commit()
-    assert [r.job.id for r in reaped] == [job.id]
+    result = app.test_cli_runner().invoke(args=["jobs", "reap", "--timeout", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"Reaped job {job.id}" in result.output
     read = http.get(url, auth=job.requests_auth, timeout=TIMEOUT)
-    assert read.headers["Job-State"] == "error"
-    assert read.json()["status"][-1]["stage"] == "timeout"
+    assert read.headers["Job-State"] == "timeout"
+    assert read.json()["status"][-1]["state"] == "timeout"
+    assert read.json()["status"][-1]["stage"] == "align"
 
 
 def test_key_grace_expiry_over_http(app, database_url, tmp_path, job):

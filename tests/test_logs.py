@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from conftest import LiveServer, start_gunicorn, stop_gunicorn
 from flask import g
 from sqlalchemy import event
 
-from conftest import LiveServer, start_gunicorn, stop_gunicorn
 from jobapi import observability
 from jobapi.config import from_environment
 from jobapi.extensions import db
@@ -247,3 +247,19 @@ def test_job_id_is_read_without_a_query_after_a_rollback(app, job):
         finally:
             event.remove(db.engine, "before_cursor_execute", record)
     assert statements == []
+
+
+def test_a_404_line_names_the_path_percent_encoded(client, caplog):
+    client.get("/api/no where job_id=zzzzzzzz")
+    [line] = [r for r in caplog.records if r.name == "jobapi.request"]
+    assert line.getMessage().startswith("GET /api/no%20where%20job_id%3Dzzzzzzzz 404 ")
+    assert line.fields["route"] is None and line.fields["path"] == "/api/no%20where%20job_id%3Dzzzzzzzz"
+
+
+def test_a_405_is_counted_and_logged_under_its_route(client, caplog):
+    response = client.put("/api/jobs/abcdefgh/status")
+    assert response.status_code == 405
+    [line] = [r for r in caplog.records if r.name == "jobapi.request"]
+    assert line.fields["route"] == "/api/jobs/<job_id>/status"
+    scraped = client.get("/metrics").get_data(as_text=True)
+    assert 'jobapi_http_requests_total{method="PUT",route="/api/jobs/<job_id>/status",status="405"}' in scraped

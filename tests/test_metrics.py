@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+from conftest import free_port, push, start_gunicorn, stop_gunicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, start_gunicorn, stop_gunicorn
 from jobapi import create_app
 from jobapi.extensions import db
 
@@ -42,13 +42,6 @@ def scrape(client) -> dict[str, dict[tuple, float]]:
     return parse(response.get_data(as_text=True))
 
 
-def push(client, job, state, stage, progress, **headers):
-    return client.post(
-        f"/api/jobs/{job.id}/status", json={"state": state, "stage": stage, "progress": progress},
-        headers={**job.auth, **headers},
-    )
-
-
 # Through the test client (one process)
 
 
@@ -74,7 +67,7 @@ def test_odd_methods_share_one_label(client):
     before = scrape(client)
     client.open("/healthz", method="BREW")
     after = scrape(client)
-    key = dict(route="<unmatched>", method="other", status="405")
+    key = dict(route="/healthz", method="other", status="405")
     assert value(after, REQUESTS + "_total", **key) - value(before, REQUESTS + "_total", **key) == 1
     assert not any(("method", "BREW") in labels for labels in after[REQUESTS + "_total"])
 
@@ -83,8 +76,8 @@ def test_status_pushes_counted_by_state_once_each(client, job):
     before = scrape(client)
     assert push(client, job, "running", "a", 10).status_code == 200
     key = {"Idempotency-Key": "push-1"}
-    assert push(client, job, "running", "b", 20, **key).status_code == 200
-    assert push(client, job, "running", "b", 20, **key).status_code == 200  # a retry, replayed
+    assert push(client, job, "running", "b", 20, headers=key).status_code == 200
+    assert push(client, job, "running", "b", 20, headers=key).status_code == 200  # a retry, replayed
     assert push(client, job, "running", "c", 101).status_code == 422
     assert push(client, job, "complete", "done", 100).status_code == 200
     assert push(client, job, "running", "late", 100).status_code == 409
@@ -105,7 +98,8 @@ def test_jobs_by_current_state(client, make_job):
     samples = scrape(client)
 
     assert {labels[0][1]: count for labels, count in samples[JOBS].items()} == {
-        "waiting": 2, "running": 1, "complete": 1, "cancelled": 0, "error": 0,
+        "waiting": 2, "preparing": 0, "running": 1, "complete": 1, "cancelled": 0, "error": 0,
+        "terminated": 0, "timeout": 0,
     }
 
 

@@ -4,51 +4,14 @@ and the token matrix (who may call what)."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 
 import pytest
+from conftest import JobCredentials, bearer
 from sqlalchemy import select
 
-from conftest import JobCredentials
-from jobapi import service
 from jobapi.extensions import db
 from jobapi.models import ApiToken
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
-
-
-@pytest.fixture
-def make_token(app):
-    numbers = itertools.count(1)
-
-    def make(role: str, name: str | None = None) -> str:
-        with app.app_context():
-            new = service.create_token(db.session, name=name or f"{role}-{next(numbers)}", role=role)
-            db.session.commit()
-            return new.secret
-
-    return make
-
-
-@pytest.fixture
-def operator(make_token) -> dict[str, str]:
-    return bearer(make_token("operator", "ops"))
-
-
-@pytest.fixture
-def runner_token(make_token) -> dict[str, str]:
-    return bearer(make_token("runner", "runner-1"))
-
-
-@pytest.fixture(autouse=True)
-def _empty_tokens(app):
-    yield
-    with app.app_context():
-        db.session.execute(ApiToken.__table__.delete())
-        db.session.commit()
 
 
 def new_job(client, operator, **fields):
@@ -128,7 +91,8 @@ def test_job_key_on_operator_routes_is_401(client, job):
 def test_no_credentials_on_operator_routes_is_401(client):
     response = client.get("/api/jobs")
     assert response.status_code == 401
-    assert response.json == {"id": "unauthorized", "message": "Bearer token required"}
+    assert response.json == {"id": "unauthorized", "message": "Missing credentials"}
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="jobapi"'
 
 
 def test_wrong_role_is_403(client, job, operator, runner_token):
@@ -178,7 +142,7 @@ def test_operator_creates_job(client, operator, stored):
     body = response.json
     assert re.fullmatch(r"[a-z0-9]{8}", body["id"])
     assert re.fullmatch(r"[0-9a-f]{64}", body["key"])
-    assert (body["task"], body["args"], body["proc"], body["mem"], body["user"]) == ("align", {"ref": "hg38"}, 4, 8, {"id": "alice"})
+    assert (body["task"], body["args"], body["proc"], body["mem"], body["user"]) == ("align", {"ref": "hg38"}, 4, 8, {"id": "alice", "handle": "alice"})
     assert [r["state"] for r in body["status"]] == ["waiting"]
     assert response.headers["Location"].endswith(f"/api/jobs/{body['id']}")
     job = JobCredentials(id=body["id"], key=body["key"])
@@ -314,6 +278,7 @@ def test_remove(client, operator, job, stored, stored_job):
     removed = client.delete(f"/api/jobs/{job.id}", headers=operator)
     assert removed.status_code == 204
     assert removed.data == b""
+    assert "Content-Type" not in removed.headers and "Job-State" not in removed.headers
     assert stored_job(job.id) is None and stored(job.id) == []
     assert client.delete(f"/api/jobs/{job.id}", headers=operator).status_code == 404
 

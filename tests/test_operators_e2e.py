@@ -11,9 +11,9 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from jobapi import service
 from jobapi.extensions import db
 from jobapi.models import ApiToken, Job
+from jobapi.tokens import create_token
 
 pytestmark = pytest.mark.e2e
 
@@ -23,8 +23,8 @@ TIMEOUT = 30
 @pytest.fixture
 def tokens(app):
     with app.app_context():
-        operator = service.create_token(db.session, name="ops", role="operator").secret
-        runners = [service.create_token(db.session, name=f"runner-{n}", role="runner").secret for n in range(16)]
+        operator = create_token(db.session, name="ops", role="operator").secret
+        runners = [create_token(db.session, name=f"runner-{n}", role="runner").secret for n in range(16)]
         db.session.commit()
     yield operator, runners
     with app.app_context():

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 from alembic.script import ScriptDirectory
+from conftest import free_port
 from flask import Flask
 from flask_migrate import upgrade
 
-from conftest import free_port
+import jobapi
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.extensions import db
 
@@ -52,14 +54,14 @@ def assert_not_ready(response, message_part: str, **details: str) -> dict:
 def test_healthz(client):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok"}
+    assert response.get_json() == {"status": "ok", "version": jobapi.__version__}
 
 
 def test_healthz_needs_no_database(make_app):
     app = make_app(unreachable_postgresql(), DB_CONNECT_TIMEOUT=1)
     response = app.test_client().get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok"}
+    assert response.get_json() == {"status": "ok", "version": jobapi.__version__}
 
 
 def test_readyz_on_a_migrated_database(client):
@@ -112,8 +114,14 @@ def test_readyz_without_migration_scripts(make_app, tmp_path):
 def test_probes_over_http(live_server):
     health = requests.get(f"{live_server.url}/healthz", timeout=10)
     assert health.status_code == 200
-    assert health.json() == {"status": "ok"}
+    assert health.json() == {"status": "ok", "version": jobapi.__version__}
     ready = requests.get(f"{live_server.url}/readyz", timeout=10)
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "database": "ok", "migrations": "head"}
     assert ready.headers["Content-Type"] == "application/json"
+
+
+def test_the_version_is_the_package_metadata(client):
+    assert jobapi.__version__ == importlib.metadata.version("jobapi")
+    assert client.get("/healthz").get_json()["version"] == jobapi.__version__
+    assert client.get("/api/openapi.json").get_json()["info"]["version"] == jobapi.__version__

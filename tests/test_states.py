@@ -143,14 +143,26 @@ def test_final_job_can_still_be_read(client, job, final):
     assert response.get_json()["status"][-1]["state"] == final
 
 
-def test_invalid_push_is_422_even_after_final_state(client, job):
+def test_any_push_to_a_finished_job_is_409_before_its_fields_are_checked(client, job):
+    # SPEC 7.3: a stopped worker hears "finished" whatever it sends.
     bring_to(client, job, "complete")
 
     response = client.post(
         f"/api/jobs/{job.id}/status", json={"state": "running", "stage": "s", "progress": 500}, headers=job.auth
     )
 
-    assert response.status_code == 422
+    assert response.status_code == 409
+    assert response.json == {"id": "conflict", "message": "Job is complete", "state": "complete"}
+
+
+def test_a_body_that_is_no_object_to_a_finished_job_is_still_400(client, job):
+    bring_to(client, job, "complete")
+
+    response = client.post(
+        f"/api/jobs/{job.id}/status", data=b"[1, 2]", content_type="application/json", headers=job.auth
+    )
+
+    assert response.status_code == 400
 
 
 def test_new_job_row_is_waiting(job, stored_job):

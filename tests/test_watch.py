@@ -6,9 +6,11 @@ import threading
 import time
 
 import pytest
+from conftest import push_through_service
 
-from jobapi import service, terminal
+from jobapi import terminal
 from jobapi.extensions import db
+from jobapi.jobs import service
 from jobapi.terminal import progress_bar, progress_cell
 
 # A watch that never sees the job finish would wait for ever.
@@ -17,14 +19,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def watch(runner, job_id: str, *args: str):
     return runner.invoke(args=["jobs", "watch", job_id, "--interval", "0.05", *args])
-
-
-def push(app, job_id: str, state: str, stage: str, progress: int, error: str | None = None) -> None:
-    """Push a status as the job would, in a transaction of its own."""
-    with app.app_context():
-        locked = service.lock_job(db.session, job_id)
-        service.push_status(db.session, locked, state=state, stage=stage, progress=progress, error=error)
-        db.session.commit()
 
 
 # The bar
@@ -46,8 +40,8 @@ def test_progress_cells_have_one_length():
 
 
 def test_watch_a_complete_job(app, runner, job):
-    push(app, job.id, "running", "bowtie_build", 40)
-    push(app, job.id, "complete", "done", 100)
+    push_through_service(app, job.id, "running", "bowtie_build", 40)
+    push_through_service(app, job.id, "complete", "done", 100)
 
     result = watch(runner, job.id)
 
@@ -57,13 +51,13 @@ def test_watch_a_complete_job(app, runner, job):
 
 
 def test_watch_follows_the_job_until_it_completes(app, runner, job):
-    push(app, job.id, "running", "bowtie_build", 40)
+    push_through_service(app, job.id, "running", "bowtie_build", 40)
     steps = [("running", "bowtie_build", 70), ("complete", "done", 100)]
 
     def work() -> None:
         for state, stage, progress in steps:
             time.sleep(0.3)
-            push(app, job.id, state, stage, progress)
+            push_through_service(app, job.id, state, stage, progress)
 
     worker = threading.Thread(target=work)
     worker.start()
@@ -82,8 +76,8 @@ def test_watch_follows_the_job_until_it_completes(app, runner, job):
 
 
 def test_watch_an_errored_job_prints_the_error(app, runner, job):
-    push(app, job.id, "running", "bowtie_build", 40)
-    push(app, job.id, "error", "bowtie_build", 40, error="bowtie2-build exited 137")
+    push_through_service(app, job.id, "running", "bowtie_build", 40)
+    push_through_service(app, job.id, "error", "bowtie_build", 40, error="bowtie2-build exited 137")
 
     result = watch(runner, job.id)
 
@@ -93,7 +87,7 @@ def test_watch_an_errored_job_prints_the_error(app, runner, job):
 
 
 def test_watch_a_job_cancelled_while_watched(app, runner, job):
-    push(app, job.id, "running", "bowtie_build", 40)
+    push_through_service(app, job.id, "running", "bowtie_build", 40)
 
     def cancel() -> None:
         time.sleep(0.3)
@@ -141,11 +135,11 @@ def test_watch_a_job_removed_while_watched(app, runner, job):
 
 def test_watch_on_a_terminal_redraws_one_line(app, runner, job, monkeypatch):
     monkeypatch.setattr(terminal, "_is_terminal", lambda: True)
-    push(app, job.id, "running", "bowtie_build", 40)
+    push_through_service(app, job.id, "running", "bowtie_build", 40)
 
     def finish() -> None:
         time.sleep(0.3)
-        push(app, job.id, "complete", "x", 100)
+        push_through_service(app, job.id, "complete", "x", 100)
 
     thread = threading.Thread(target=finish)
     thread.start()
@@ -173,8 +167,8 @@ def test_interval_must_be_positive(runner, job):
 
 def test_list_shows_aligned_progress_bars(app, runner, make_job):
     jobs = [make_job() for _ in range(3)]
-    push(app, jobs[0].id, "running", "a", 5)
-    push(app, jobs[1].id, "running", "bowtie_build", 100)
+    push_through_service(app, jobs[0].id, "running", "a", 5)
+    push_through_service(app, jobs[1].id, "running", "bowtie_build", 100)
 
     result = runner.invoke(args=["jobs", "list"])
 

@@ -1,24 +1,38 @@
-"""Authentication: who may call each route, and the one hook that checks it.
+"""Who may call each route, and the one hook that admits a request to the jobs blueprint.
 
 Two kinds of caller: a job, with HTTP Basic ``job-<id>:<key>``, which may act
 on itself only (SPEC 2); and an operator or a runner, with ``Authorization:
-Bearer <token>``. Each route declares with ``allow`` which of them it takes.
+Bearer <token>``. Each route declares with ``allow`` which of them it takes,
+and with ``takes_json`` the schema of its body.
+
+The hook works in the order SPEC 8 asks: first what needs no database (the
+credentials' form, the body read whole and checked), then, in the request's
+transaction, the token or the job, locked if the request writes. It writes
+what it found on ``g``: ``g.caller`` (the job or the token), ``g.job`` (the
+job the path names), ``g.locked_job`` (a job's own write: the job under its
+lock and the record its Idempotency-Key made) and ``g.body``; views only
+read them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from flask import current_app, g, request
-from sqlalchemy import inspect
+from marshmallow import Schema
 
-from . import service
-from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, InsufficientRights, NotFound, Unauthorized
+from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, InsufficientRights, Unauthorized
+from .exceptions import JobNotFound
 from .extensions import db
+from .jobs import service
 from .keys import verify_job_key
+from .payload import check_body
 from .storage import begin_read, begin_write
+from .tokens import find_token
 
 JOB_USER_PREFIX = "job-"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -29,31 +43,111 @@ View = TypeVar("View", bound=Callable)
 
 @dataclass(frozen=True)
 class Access:
-    """Who may call a route: the job named in its path, and which token roles."""
+    """Who may call a route: the job named in its path, which token roles, and whether a
+    setting opens it to anyone (``("JOB_ACQUIRE", "open")``: the setting and its value)."""
 
     job: bool = False
     roles: frozenset[str] = frozenset()
+    open_when: tuple[str, str] | None = None
+
+    def is_open(self) -> bool:
+        """Whether the app's configuration admits anyone to the route."""
+        if self.open_when is None:
+            return False
+        setting, value = self.open_when
+        return current_app.config.get(setting) == value
 
 
-def allow(*, job: bool = False, roles: Iterable[str] = ()) -> Callable[[View], View]:
+NOBODY = Access()
+
+
+def allow(
+    *, job: bool = False, roles: Iterable[str] = (), open_when: tuple[str, str] | None = None
+) -> Callable[[View], View]:
     """Declare who may call a view; a route without a declaration admits nobody."""
 
     def declare(view: View) -> View:
-        view.access = Access(job=job, roles=frozenset(roles))  # type: ignore[attr-defined]
+        view.access = Access(job=job, roles=frozenset(roles), open_when=open_when)  # type: ignore[attr-defined]
         return view
 
     return declare
 
 
-def job_credentials() -> tuple[str, str]:
-    """The job id and key of the request's Basic credentials; 401 when there are none."""
-    auth = request.authorization
-    if auth is None or auth.type != "basic":
-        raise Unauthorized()
-    username = auth.username or ""
+def takes_json(schema: Schema) -> Callable[[View], View]:
+    """Declare the JSON object a view's body must be; the hook reads and checks it (``g.body``)."""
+
+    def declare(view: View) -> View:
+        view.body_schema = schema  # type: ignore[attr-defined]
+        return view
+
+    return declare
+
+
+@dataclass(frozen=True)
+class JobCredentials:
+    """A job's Basic credentials: the id its user name gives, and its key."""
+
+    job_id: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TokenCredentials:
+    """An operator's or runner's bearer token."""
+
+    secret: str
+
+
+def parse_basic(header: str) -> tuple[str, str] | None:
+    """The user name and password of a Basic Authorization header; None if it is none.
+
+    Anything that is not valid base64 of UTF-8 text with a colon is none: the
+    header is the client's text, and no byte of it may reach further.
+    """
+    scheme, _, parameter = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(parameter.strip().encode("ascii"), validate=True)
+        text = decoded.decode("utf-8")
+    except (ValueError, binascii.Error):  # UnicodeError is a ValueError
+        return None
+    username, colon, password = text.partition(":")
+    if not colon:
+        return None
+    return username, password
+
+
+def read_credentials(access: Access) -> JobCredentials | TokenCredentials | None:
+    """The request's credentials, checked for form only; None on a route open to anyone.
+
+    Raises the 401 of missing or malformed credentials, and the 403 of a
+    job's credentials on another job's path (SPEC 2, steps 1 and 2).
+    """
+    if access.is_open():
+        return None
+    header = request.headers.get("Authorization")
+    challenge = BASIC_CHALLENGE if access.job else BEARER_CHALLENGE
+    if not header:
+        raise Unauthorized("Missing credentials", challenge=challenge)
+    scheme, _, parameter = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        secret = parameter.strip()
+        if not secret or not secret.isascii():
+            raise Unauthorized("Malformed credentials", challenge=challenge)
+        return TokenCredentials(secret=secret)
+    if not access.job:
+        raise Unauthorized("Bearer token required", challenge=BEARER_CHALLENGE)
+    basic = parse_basic(header)
+    if basic is None:
+        raise Unauthorized("Malformed credentials")
+    username, key = basic
     if not username.startswith(JOB_USER_PREFIX) or len(username) == len(JOB_USER_PREFIX):
-        raise Unauthorized()
-    return username[len(JOB_USER_PREFIX):], auth.password or ""
+        raise Unauthorized("Malformed credentials")
+    credentials = JobCredentials(job_id=username[len(JOB_USER_PREFIX):], key=key)
+    if credentials.job_id != (request.view_args or {}).get("job_id"):
+        raise InsufficientRights()
+    return credentials
 
 
 def valid_idempotency_key() -> str | None:
@@ -66,89 +160,79 @@ def valid_idempotency_key() -> str | None:
     return value
 
 
-def authenticate() -> None:
-    """Before every request of the blueprint: admit only the callers the route declares."""
+def admit_request() -> None:
+    """Before every request of the jobs blueprint: admit only the callers the route declares."""
     view = current_app.view_functions.get(request.endpoint or "")
-    access: Access = getattr(view, "access", Access())
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        _authenticate_token(access, credentials.strip())
-    elif access.job:
-        _authenticate_job()
+    access: Access = getattr(view, "access", NOBODY)
+    credentials = read_credentials(access)
+    schema = getattr(view, "body_schema", None)
+    g.body = check_body(schema) if schema is not None else None
+    if isinstance(credentials, TokenCredentials):
+        _admit_token(access, credentials)
+    elif isinstance(credentials, JobCredentials):
+        _admit_job(credentials)
     else:
-        raise Unauthorized("Bearer token required", challenge=BEARER_CHALLENGE)
+        g.caller = None
+        _load_path_job()
 
 
-def _begin() -> None:
-    """Start the request's database work, just before its first query.
-
-    A request that writes does everything, authentication included, in its
-    write transaction (on SQLite that takes the write lock now); a read
-    needs no transaction on PostgreSQL.
-    """
+def _admit_token(access: Access, credentials: TokenCredentials) -> None:
+    """An operator's or runner's token: known and active (401), of a role the route takes (403)."""
     if request.method in SAFE_METHODS:
         begin_read(db.session)
     else:
+        # A request that writes does so in the transaction its first statement begins.
         begin_write(db.session)
-
-
-def _authenticate_token(access: Access, secret: str) -> None:
-    """An operator's or runner's token: known and active (401), of a role the route takes (403)."""
-    _begin()
-    token = service.find_token(db.session, secret)
+    token = find_token(db.session, credentials.secret)
     if token is None:
         # A job's route challenges for the job's own credentials (SPEC 2).
         challenge = BASIC_CHALLENGE if access.job else BEARER_CHALLENGE
         raise Unauthorized("Invalid or revoked token", challenge=challenge)
     if token.role not in access.roles:
         raise InsufficientRights()
-    g.token = token
+    g.caller = token
+    _load_path_job()
+
+
+def _load_path_job() -> None:
+    """The job the path names, if it names one: read, or locked for a request that writes."""
     job_id = (request.view_args or {}).get("job_id")
-    if job_id is not None and request.method in SAFE_METHODS:
+    if job_id is None:
+        g.job = None
+        return
+    if request.method in SAFE_METHODS:
+        begin_read(db.session)
         job = service.get_job(db.session, job_id)
-        if job is None:
-            raise NotFound()
-        g.job = job
+    else:
+        job = service.lock_job(db.session, job_id, whole=True).job
+    if job is None:
+        raise JobNotFound(job_id)
+    g.job = job
 
 
-def _authenticate_job() -> None:
-    """A job acting on itself (SPEC 2).
+def _admit_job(credentials: JobCredentials) -> None:
+    """A job acting on itself: it exists (404), its key is right (401), its key still works (401).
 
-    The checks run in the contract's order: credentials (401), the job they
-    name against the path (403), the job's existence (404), the key (401),
-    then the key's lifetime (401 once a finished job's grace has passed).
     A request that writes loads the job under its row lock, with the record
     its Idempotency-Key made if any, so the view's checks and writes see one
     state of the job.
     """
-    job_id = (request.view_args or {}).get("job_id")
-    credential_id, key = job_credentials()
-    if job_id is None or credential_id != job_id:
-        raise InsufficientRights()
-    _begin()
     if request.method in SAFE_METHODS:
-        locked = service.LockedJob(job=service.get_job(db.session, job_id))
+        begin_read(db.session)
+        locked = service.LockedJob(job=service.get_job(db.session, credentials.job_id))
     else:
-        locked = service.lock_job(db.session, job_id, idempotency_key=valid_idempotency_key())
+        locked = service.lock_job(
+            db.session, credentials.job_id, idempotency_key=valid_idempotency_key()
+        )
     job = locked.job
     if job is None:
-        raise NotFound()
-    if not verify_job_key(job.key_digest, key):
-        raise Unauthorized()
+        raise JobNotFound(credentials.job_id)
+    if not verify_job_key(job.key_digest, credentials.key):
+        if job.replaced_key_digest and verify_job_key(job.replaced_key_digest, credentials.key):
+            raise Unauthorized("Key was replaced")
+        raise Unauthorized("Wrong key")
     if service.key_expired(job, current_app.config["JOB_KEY_GRACE_SECONDS"]):
         raise Unauthorized("Job is no longer active")
+    g.caller = job
     g.job = job
     g.locked_job = locked
-
-
-def add_job_state(response):
-    """After every request that reached a job: tell the caller the job's current state.
-
-    The state is read from what is loaded, never with a query: after a
-    rollback (a 503, say) the job is expired and the database may be gone.
-    """
-    job = g.get("job")
-    state = inspect(job).dict.get("state") if job is not None else None
-    if state is not None:
-        response.headers["Job-State"] = state
-    return response

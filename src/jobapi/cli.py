@@ -1,4 +1,9 @@
-"""The ``flask jobs`` commands with which operators make and manage jobs."""
+"""The command line: ``jobapi jobs …`` and ``jobapi tokens …`` (also ``flask --app jobapi …``).
+
+Each command owns its transaction: it commits what it did, and any refusal
+(an unknown id, a finished job, bad input) or database error is one line on
+stderr and exit status 1, with nothing written.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,25 @@ import json
 from typing import Any
 
 import click
-from flask.cli import with_appcontext
+from flask.cli import FlaskGroup, with_appcontext
 from marshmallow import ValidationError
+from sqlalchemy import exc as sa_exc
 
-from . import service
-from .errors import APIError, NotFound
+from . import tokens
+from .exceptions import DomainError, JobNotFound
 from .extensions import db
-from .payload import loads_strict
-from .models import ROLES, STATES
+from .jobs import pages, service
+from .jobs.reaper import JobLocked, reap_job, silent_jobs
+from .jobs.states import STATES
+from .models import ROLES
+from .payload import TooDeep, loads_strict
 from .schemas import (
     format_timestamp,
     job_create_schema,
-    job_out_schema,
+    job_document,
     job_summary_schema,
 )
 from .terminal import progress_cell, watch_job
-
-
-def _fail(message: str) -> None:
-    db.session.rollback()
-    raise click.ClickException(message)
-
-
-def _fail_for_job(job_id: str, error: APIError) -> None:
-    _fail(f"Job {job_id} not found" if isinstance(error, NotFound) else error.message)
 
 
 def _validation_message(error: ValidationError) -> str:
@@ -43,6 +43,17 @@ def _validation_message(error: ValidationError) -> str:
     return f"Invalid input: {messages}"
 
 
+def _domain_message(error: DomainError) -> str:
+    if isinstance(error, JobNotFound) and error.message == JobNotFound.message and error.job_id:
+        return f"Job {error.job_id} not found"
+    return error.message
+
+
+def _first_line(error: Exception) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _echo_table(rows: list[tuple[str, ...]]) -> None:
     """Print rows (the first is the header) in columns aligned by padding."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -50,12 +61,16 @@ def _echo_table(rows: list[tuple[str, ...]]) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def _print_json(document: Any) -> None:
-    click.echo(json.dumps(document))
+def _print_json(document: Any, *, pretty: bool = False) -> None:
+    click.echo(json.dumps(document, indent=2 if pretty else None))
+
+
+def _short_time(value) -> str:
+    return format_timestamp(value)[:19] + "Z" if value else "-"
 
 
 class OneLineErrors(click.Command):
-    """A command whose usage errors (a missing option, say) are one line and exit status 1."""
+    """A command whose usage errors, refusals and database errors are one line and exit status 1."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
@@ -63,18 +78,28 @@ class OneLineErrors(click.Command):
         except click.UsageError as error:
             raise click.ClickException(error.format_message()) from None
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DomainError as error:
+            raise click.ClickException(_domain_message(error)) from None
+        except ValidationError as error:
+            raise click.ClickException(_validation_message(error)) from None
+        except sa_exc.SQLAlchemyError as error:
+            raise click.ClickException(f"Database error: {_first_line(error)}") from None
+
 
 @click.group("jobs")
 def jobs_cli() -> None:
-    """Make, list, show, cancel and remove jobs."""
+    """Make, list, show, watch, cancel, remove and reap jobs."""
 
 
 jobs_cli.command_class = OneLineErrors
 
 
 @jobs_cli.command("create")
-@click.option("--task", required=True, help="Task name: 1-64 characters of a-z, 0-9, _.")
-@click.option("--user", required=True, help="Who the job runs for.")
+@click.option("--task", required=True, help="Task name: 1-64 characters of a-z, 0-9 and _.")
+@click.option("--user", required=True, help="Who the job runs for: 1-64 characters.")
 @click.option("--args", "args_json", default="{}", show_default=True, help="Task arguments, a JSON object.")
 @click.option("--proc", default=1, show_default=True, type=int, help="CPU cores the job may use.")
 @click.option("--mem", default=1, show_default=True, type=int, help="GiB of memory the job may use.")
@@ -83,29 +108,28 @@ def create_command(task: str, user: str, args_json: str, proc: int, mem: int) ->
     """Make a job; print its document and its key (shown only this once) as JSON."""
     try:
         args = loads_strict(args_json)
+    except TooDeep as error:
+        raise click.ClickException(f"--args is {error}") from None
     except ValueError as error:
-        _fail(f"--args is not valid JSON: {error}")
-    try:
-        data = job_create_schema.load(
-            {"task": task, "user": user, "args": args, "proc": proc, "mem": mem}
-        )
-    except ValidationError as error:
-        _fail(_validation_message(error))
+        raise click.ClickException(f"--args is not valid JSON: {error}") from None
+    data = job_create_schema.load(
+        {"task": task, "user": user, "args": args, "proc": proc, "mem": mem}
+    )
     new = service.create_job(db.session, **data)
     db.session.commit()
-    _print_json({**job_out_schema.dump(new.job), "key": new.key})
+    _print_json({**job_document(new.job, service.status_history(db.session, new.job.id)), "key": new.key})
 
 
 @jobs_cli.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
 @click.option("--task", help="Only jobs of this task.")
 @click.option("--user", help="Only jobs run for this user.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100), help="At most this many jobs (1-100).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @with_appcontext
 def list_command(state: str | None, task: str | None, user: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first, with their current state and progress."""
-    jobs = service.list_jobs(db.session, state=state, task=task, user=user, limit=limit).jobs
+    jobs = pages.list_jobs(db.session, state=state, task=task, user=user, limit=limit).jobs
     if as_json:
         _print_json(job_summary_schema.dump(jobs, many=True))
         return
@@ -118,7 +142,7 @@ def list_command(state: str | None, task: str | None, user: str | None, limit: i
             job.stage or "-",
             job.task,
             job.user_id,
-            format_timestamp(job.created_at)[:19] + "Z",
+            _short_time(job.created_at),
         ))
     _echo_table(rows)
     if not jobs:
@@ -127,25 +151,20 @@ def list_command(state: str | None, task: str | None, user: str | None, limit: i
 
 @jobs_cli.command("show")
 @click.argument("job_id")
+@click.option("--pretty", is_flag=True, help="Indent the JSON for reading.")
 @with_appcontext
-def show_command(job_id: str) -> None:
+def show_command(job_id: str, pretty: bool) -> None:
     """Print a job's document as JSON."""
-    try:
-        job = service.require_job(db.session, job_id)
-    except APIError as error:
-        _fail_for_job(job_id, error)
-    _print_json(job_out_schema.dump(job))
+    job = service.require_job(db.session, job_id)
+    _print_json(job_document(job, service.status_history(db.session, job.id)), pretty=pretty)
 
 
 @jobs_cli.command("cancel")
 @click.argument("job_id")
 @with_appcontext
 def cancel_command(job_id: str) -> None:
-    """Cancel a waiting or running job, keeping its last stage and progress."""
-    try:
-        outcome = service.cancel_job(db.session, job_id)
-    except APIError as error:
-        _fail_for_job(job_id, error)
+    """Cancel a job that is not finished, keeping its last stage and progress."""
+    outcome = service.cancel_job(db.session, job_id)
     db.session.commit()
     record = outcome.record
     where = f"at stage {record.stage or '-'}, {record.progress}%"
@@ -159,11 +178,8 @@ def cancel_command(job_id: str) -> None:
 @click.argument("job_id")
 @with_appcontext
 def rotate_key_command(job_id: str) -> None:
-    """Give a job a new key and print it as JSON; the old key stops working at once."""
-    try:
-        key = service.rotate_key(db.session, job_id)
-    except APIError as error:
-        _fail_for_job(job_id, error)
+    """Give a job that is not finished a new key and print it as JSON; the old key stops working."""
+    key = service.rotate_key(db.session, job_id)
     db.session.commit()
     _print_json({"id": job_id, "key": key})
 
@@ -171,16 +187,31 @@ def rotate_key_command(job_id: str) -> None:
 @jobs_cli.command("reap")
 @click.option(
     "--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-    help="Seconds of silence (no push, no ping) after which a running job has failed.",
+    help="Seconds of silence (no push, no ping) after which a job at work has timed out.",
 )
 @with_appcontext
 def reap_command(timeout: float) -> None:
-    """Fail running jobs that have sent no heartbeat for longer than the timeout."""
-    reaped = service.reap_jobs(db.session, timeout)
-    db.session.commit()
-    for item in reaped:
-        click.echo(f"Reaped job {item.job.id} ({item.job.task}): {item.record.error}")
-    click.echo(f"{len(reaped)} job(s) reaped")
+    """Time out jobs at work (preparing or running) that sent no heartbeat for longer than the timeout.
+
+    Each job is reaped in a transaction of its own; a job a request holds
+    right now is skipped, and left for the next run.
+    """
+    candidates = silent_jobs(db.session, timeout)
+    db.session.rollback()
+    reaped = skipped = 0
+    for job_id in candidates:
+        try:
+            item = reap_job(db.session, job_id, timeout)
+            db.session.commit()
+        except JobLocked:
+            db.session.rollback()
+            skipped += 1
+            click.echo(f"Skipped job {job_id}: a request holds it; the next run will look again", err=True)
+            continue
+        if item is not None:
+            reaped += 1
+            click.echo(f"Reaped job {item.job.id} ({item.job.task}): {item.record.error}")
+    click.echo(f"{reaped} job(s) reaped" + (f", {skipped} skipped" if skipped else ""))
 
 
 @jobs_cli.command("watch")
@@ -192,17 +223,24 @@ def reap_command(timeout: float) -> None:
 @with_appcontext
 def watch_command(job_id: str, interval: float) -> None:
     """Show a job's stage and progress until it finishes: exit 0 if it completes, else 1."""
-    try:
-        watched = watch_job(db.session, job_id, interval)
-    except APIError as error:
-        _fail(error.message)
-    record = watched.record
-    if record.state == "error":
-        click.echo(f"Job {job_id} failed at stage {record.stage or '-'}: {record.error}", err=True)
-        click.get_current_context().exit(1)
-    if record.state == "cancelled":
-        click.echo(f"Job {job_id} was cancelled at stage {record.stage or '-'}", err=True)
-        click.get_current_context().exit(1)
+    record = watch_job(db.session, job_id, interval).record
+    if record.state == "complete":
+        return
+    ending = WATCH_ENDINGS.get(record.state, f"ended {record.state}")
+    line = f"Job {job_id} {ending} at stage {record.stage or '-'}"
+    if record.error is not None:
+        line += ": " + (record.error if isinstance(record.error, str) else json.dumps(record.error))
+    click.echo(line, err=True)
+    click.get_current_context().exit(1)
+
+
+# A final state other than complete, as ``jobs watch`` words it.
+WATCH_ENDINGS = {
+    "error": "failed",
+    "cancelled": "was cancelled",
+    "terminated": "was terminated",
+    "timeout": "timed out",
+}
 
 
 @jobs_cli.command("remove")
@@ -211,17 +249,14 @@ def watch_command(job_id: str, interval: float) -> None:
 @with_appcontext
 def remove_command(job_id: str, force: bool) -> None:
     """Delete a job and all its status records."""
-    try:
-        service.remove_job(db.session, job_id, force=force)
-    except APIError as error:
-        _fail_for_job(job_id, error)
+    service.remove_job(db.session, job_id, force=force)
     db.session.commit()
     click.echo(f"Removed job {job_id}")
 
 
 @click.group("tokens")
 def tokens_cli() -> None:
-    """Make, list and revoke operator and runner tokens."""
+    """Make, list, revoke and delete operator and runner tokens."""
 
 
 tokens_cli.command_class = OneLineErrors
@@ -235,11 +270,8 @@ def create_token_command(name: str, role: str) -> None:
     """Make a bearer token and print it on stdout; it is shown only this once."""
     name = name.strip()
     if not 1 <= len(name) <= 64 or not name.isprintable():
-        _fail("--name must be 1 to 64 printable characters")
-    try:
-        new = service.create_token(db.session, name=name, role=role)
-    except APIError as error:
-        _fail(error.message)
+        raise click.ClickException("--name must be 1 to 64 printable characters")
+    new = tokens.create_token(db.session, name=name, role=role)
     db.session.commit()
     click.echo(new.secret)
     click.echo(f"Token {name!r} ({role}) made; it is shown only this once.", err=True)
@@ -250,13 +282,8 @@ def create_token_command(name: str, role: str) -> None:
 def list_tokens_command() -> None:
     """List tokens (never their secrets), revoked ones included."""
     rows = [("NAME", "ROLE", "CREATED", "REVOKED")]
-    for token in service.list_tokens(db.session):
-        rows.append((
-            token.name,
-            token.role,
-            format_timestamp(token.created_at)[:19] + "Z",
-            format_timestamp(token.revoked_at)[:19] + "Z" if token.revoked_at else "-",
-        ))
+    for token in tokens.list_tokens(db.session):
+        rows.append((token.name, token.role, _short_time(token.created_at), _short_time(token.revoked_at)))
     _echo_table(rows)
 
 
@@ -264,10 +291,28 @@ def list_tokens_command() -> None:
 @click.argument("name")
 @with_appcontext
 def revoke_token_command(name: str) -> None:
-    """Revoke a token by name; it stops working at once."""
-    try:
-        changed = service.revoke_token(db.session, name)
-    except APIError as error:
-        _fail(error.message)
+    """Revoke a token by name; it stops working at once (its name stays taken until deleted)."""
+    changed = tokens.revoke_token(db.session, name)
     db.session.commit()
     click.echo(f"Revoked token {name!r}" if changed else f"Token {name!r} was already revoked")
+
+
+@tokens_cli.command("delete")
+@click.argument("name")
+@with_appcontext
+def delete_token_command(name: str) -> None:
+    """Delete a token by name: it stops working at once, and the name can be used again."""
+    tokens.delete_token(db.session, name)
+    db.session.commit()
+    click.echo(f"Deleted token {name!r}")
+
+
+def main() -> None:
+    """The ``jobapi`` command: ``flask --app jobapi`` under a name of its own."""
+    from . import create_app
+
+    FlaskGroup(
+        name="jobapi",
+        create_app=lambda: create_app(),
+        help="jobapi's command line: jobs, tokens, db (migrations), shell, run.",
+    ).main(prog_name="jobapi")

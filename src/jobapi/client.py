@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -29,12 +30,15 @@ from urllib3.util.retry import Retry
 
 __all__ = [
     "JobAPIError",
+    "MissingSetting",
     "Unauthorized",
     "InsufficientRights",
     "NotFound",
     "Conflict",
     "JobFinished",
     "JobCancelled",
+    "JobTerminated",
+    "JobTimedOut",
     "InvalidInput",
     "ServiceUnavailable",
     "JobClient",
@@ -66,6 +70,17 @@ class JobAPIError(Exception):
         self.body = body or {}
 
 
+class MissingSetting(KeyError):
+    """``JobClient.from_environment`` found variables unset; ``names`` lists them."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(names)
+        self.names = names
+
+    def __str__(self) -> str:
+        return "Set " + ", ".join(self.names) + " in the environment (the service's URL, the job's id and key)"
+
+
 class Unauthorized(JobAPIError):
     """401: the key is wrong, or the job finished long enough ago that its key has expired."""
 
@@ -87,11 +102,20 @@ class Conflict(JobAPIError):
 
 
 class JobFinished(Conflict):
-    """409: the job is complete, has errored or was cancelled; nothing more may be pushed."""
+    """409: the job reached a final state (complete, error, cancelled, terminated, timeout);
+    nothing more may be pushed."""
 
 
 class JobCancelled(JobFinished):
     """409: an operator cancelled the job; the worker should stop its work."""
+
+
+class JobTerminated(JobFinished):
+    """409: the job was terminated (its worker was stopped by a signal)."""
+
+
+class JobTimedOut(JobFinished):
+    """409: the reaper timed the job out after it fell silent; its work is no longer wanted."""
 
 
 class InvalidInput(JobAPIError):
@@ -119,12 +143,45 @@ _ERRORS_BY_STATUS: dict[int, type[JobAPIError]] = {
     504: ServiceUnavailable,
 }
 
-FINAL_STATES = frozenset({"complete", "error", "cancelled"})
+FINAL_STATES = frozenset({"complete", "error", "cancelled", "terminated", "timeout"})
+# The final states that have an exception of their own; the others are JobFinished.
+_FINISHED_BY_STATE: dict[str, type[JobFinished]] = {
+    "cancelled": JobCancelled,
+    "terminated": JobTerminated,
+    "timeout": JobTimedOut,
+}
 
 
-def default_retry(retries: int, backoff_factor: float) -> Retry:
+# Told of each retry: the method, the path, and why (a status, or an error's text).
+RetryListener = Callable[[str, str, str], None]
+
+
+class ReportingRetry(Retry):
+    """urllib3's Retry, telling a listener of each retry it is about to make."""
+
+    def __init__(self, *args: Any, listener: RetryListener | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.listener = listener
+
+    def new(self, **kwargs: Any) -> ReportingRetry:
+        retry = super().new(**kwargs)
+        retry.listener = self.listener
+        return retry
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        if self.listener is not None:
+            reason = f"HTTP {response.status}" if response is not None and error is None else str(error)
+            self.listener(method or "", url or "", reason)
+        return retry
+
+
+def default_retry(
+    retries: int, backoff_factor: float, listener: RetryListener | None = None
+) -> Retry:
     """The retry policy of a client: ``retries`` attempts after the first, backing off."""
-    return Retry(
+    return ReportingRetry(
+        listener=listener,
         total=retries,
         connect=retries,
         read=retries,
@@ -159,6 +216,7 @@ class JobClient:
         timeout: float = 10.0,
         retries: int = 5,
         backoff_factor: float = 0.5,
+        on_retry: RetryListener | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.job_id = job_id
@@ -167,26 +225,49 @@ class JobClient:
         self.session = requests.Session()
         self.session.auth = (f"job-{job_id}", key)
         self.session.headers["Accept"] = "application/json"
-        adapter = HTTPAdapter(max_retries=default_retry(retries, backoff_factor))
+        adapter = HTTPAdapter(max_retries=default_retry(retries, backoff_factor, on_retry))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> JobClient:
-        """A client for ``JOBAPI_URL``, ``JOB_ID`` and ``JOB_KEY`` from the environment."""
-        return cls(os.environ["JOBAPI_URL"], os.environ["JOB_ID"], os.environ["JOB_KEY"], **kwargs)
+        """A client for ``JOBAPI_URL``, ``JOB_ID`` and ``JOB_KEY`` from the environment.
+
+        Raises ``MissingSetting`` naming every one of them that is unset or empty.
+        """
+        names = ("JOBAPI_URL", "JOB_ID", "JOB_KEY")
+        missing = [name for name in names if not os.environ.get(name, "").strip()]
+        if missing:
+            raise MissingSetting(missing)
+        url, job_id, key = (os.environ[name].strip() for name in names)
+        return cls(url, job_id, key, **kwargs)
 
     def get(self) -> dict[str, Any]:
         """The job's document: task, args, proc, mem, user and every status record."""
         return self._request("GET", f"/api/jobs/{self.job_id}")
 
     def push(
-        self, state: str, stage: str, progress: int, error: str | None = None
+        self,
+        state: str,
+        stage: str,
+        progress: int,
+        error: str | dict[str, Any] | None = None,
+        *,
+        step_name: str | None = None,
+        step_description: str | None = None,
     ) -> dict[str, Any]:
-        """Append a status record and return it as stored; raises ``JobCancelled`` once cancelled."""
+        """Append a status record and return it as stored; raises ``JobFinished`` (``JobCancelled``,
+        ``JobTerminated``, ``JobTimedOut``) once the job is finished.
+
+        ``error`` is a message, or an object such as ``{"type", "traceback", "details"}``.
+        """
         body: dict[str, Any] = {"state": state, "stage": stage, "progress": progress}
         if error is not None:
             body["error"] = error
+        if step_name is not None:
+            body["step_name"] = step_name
+        if step_description is not None:
+            body["step_description"] = step_description
         # One key per push, sent again unchanged by every retry of it.
         headers = {IDEMPOTENCY_HEADER: str(uuid.uuid4())}
         return self._request("POST", f"/api/jobs/{self.job_id}/status", json=body, headers=headers)
@@ -230,10 +311,8 @@ def _error_for(response: requests.Response) -> JobAPIError:
     common = {"status": response.status_code, "error_id": body.get("id"), "body": body}
     if response.status_code == 409:
         state = body.get("state") or response.headers.get(JOB_STATE_HEADER)
-        if state == "cancelled":
-            return JobCancelled(message, state=state, **common)
         if state in FINAL_STATES:
-            return JobFinished(message, state=state, **common)
+            return _FINISHED_BY_STATE.get(state, JobFinished)(message, state=state, **common)
         return Conflict(message, state=state, **common)
     if response.status_code == 422:
         return InvalidInput(message, errors=body.get("errors"), **common)

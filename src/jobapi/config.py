@@ -18,6 +18,11 @@ DEFAULTS: dict[str, Any] = {
     # Milliseconds a PostgreSQL statement (or a lock wait) may take; with the
     # connect timeout, a request on a sick database answers 503 within 5 s.
     "DB_STATEMENT_TIMEOUT_MS": 2500,
+    # Seconds jobapi waits for PostgreSQL to answer one statement, commit or
+    # rollback before it gives the connection up (storage.py): a frozen server
+    # or a black-holed network cannot run the server's own timeout. Longer
+    # than the statement timeout, so a server that is merely slow answers first.
+    "DB_RESPONSE_TIMEOUT": 5.0,
     # Test each pooled connection with a round trip before use (see storage.py).
     "DB_POOL_PRE_PING": False,
     # Connections kept per process; gunicorn.conf.py sizes it to its threads.
@@ -28,11 +33,45 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER_SECONDS": 5,
     # Seconds a finished job's key still reads the job and replays its last push.
     "JOB_KEY_GRACE_SECONDS": 600,
+    # Status records a job may hold; a push past it is refused (SPEC 8).
+    "JOB_MAX_STATUS_RECORDS": 10_000,
+    # Who may acquire a job by its id (SPEC 7.1): "runner" (a runner token) or "open" (anyone).
+    "JOB_ACQUIRE": "runner",
     # "text" (gunicorn's line format) or "json" (one object a line); see logs.py.
     "LOG_FORMAT": "text",
+    # Signs the console's session cookie. Unset: a random key kept in
+    # SECRET_KEY_FILE (default: secret_key in the instance folder); see sessions.py.
+    "SECRET_KEY": None,
+    "SECRET_KEY_FILE": None,
+    "SESSION_COOKIE_NAME": "jobapi_session",
+    # Seconds a console sign-in lasts.
+    "PERMANENT_SESSION_LIFETIME": 12 * 3600,
+    # CSRF tokens are checked on the console's forms only (never on the API,
+    # whose callers send bearer tokens or job keys), and live as long as the sign-in.
+    "WTF_CSRF_CHECK_DEFAULT": False,
+    "WTF_CSRF_TIME_LIMIT": None,
+    # Jobs on one page of the console.
+    "CONSOLE_PAGE_SIZE": 50,
 }
 
 LOG_FORMATS = ("text", "json")
+ACQUIRE_MODES = ("runner", "open")
+
+
+def acquire_mode(value: str) -> str:
+    """A ``JOB_ACQUIRE`` value, checked: ``runner`` or ``open``."""
+    value = value.strip().lower()
+    if value not in ACQUIRE_MODES:
+        raise ValueError(f"not one of {', '.join(ACQUIRE_MODES)}")
+    return value
+
+
+def positive_int(value: str) -> int:
+    """An integer of at least 1."""
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value!r} is less than 1")
+    return number
 
 
 def log_format(value: str) -> str:
@@ -58,12 +97,17 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "DATABASE_URL": ("SQLALCHEMY_DATABASE_URI", str),
     "DB_CONNECT_TIMEOUT": ("DB_CONNECT_TIMEOUT", int),
     "DB_STATEMENT_TIMEOUT_MS": ("DB_STATEMENT_TIMEOUT_MS", int),
+    "DB_RESPONSE_TIMEOUT": ("DB_RESPONSE_TIMEOUT", float),
     "DB_POOL_SIZE": ("DB_POOL_SIZE", int),
     "DB_POOL_PRE_PING": ("DB_POOL_PRE_PING", parse_bool),
     "SQLITE_BUSY_TIMEOUT": ("SQLITE_BUSY_TIMEOUT", int),
     "JOB_KEY_GRACE_SECONDS": ("JOB_KEY_GRACE_SECONDS", float),
     "RETRY_AFTER_SECONDS": ("RETRY_AFTER_SECONDS", int),
     "LOG_FORMAT": ("LOG_FORMAT", log_format),
+    "JOB_MAX_STATUS_RECORDS": ("JOB_MAX_STATUS_RECORDS", positive_int),
+    "JOB_ACQUIRE": ("JOB_ACQUIRE", acquire_mode),
+    "SECRET_KEY": ("SECRET_KEY", str),
+    "SECRET_KEY_FILE": ("SECRET_KEY_FILE", str),
 }
 
 

@@ -1,4 +1,5 @@
-"""The one JSON error envelope, the API's own errors, and the handlers that emit them."""
+"""The one JSON error envelope: HTTP's own errors, the table that maps the domain's
+refusals to it, and the handlers that emit them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from marshmallow import ValidationError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from . import exceptions as domain
 from .extensions import db
 
 log = logging.getLogger(__name__)
@@ -76,14 +78,6 @@ class InsufficientRights(APIError):
     status, error_id, message = 403, "insufficient_rights", "Insufficient rights"
 
 
-class NotFound(APIError):
-    status, error_id, message = 404, "not_found", "Not found"
-
-
-class Conflict(APIError):
-    status, error_id, message = 409, "conflict", "Conflict"
-
-
 class InvalidInput(APIError):
     """422 with the fields (or headers) at fault: ``InvalidInput(errors={name: [message]})``."""
 
@@ -115,6 +109,37 @@ def handle_api_error(error: APIError) -> Response:
     )
 
 
+# The domain's refusals as HTTP answers: (status, id, message or None for the
+# exception's own, the field an invalid_input names).
+DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None, str | None]] = {
+    domain.JobNotFound: (404, "not_found", None, None),
+    domain.TokenNotFound: (404, "not_found", None, None),
+    domain.JobStateError: (409, "conflict", None, None),
+    domain.TokenExists: (409, "conflict", None, None),
+    domain.AlreadyAcquired: (400, "bad_request", None, None),
+    domain.IdempotencyKeyReused: (422, "invalid_input", "Invalid input", "Idempotency-Key"),
+    domain.InvalidCursor: (422, "invalid_input", "Invalid input", "cursor"),
+}
+
+
+def domain_error_status(error: domain.DomainError) -> tuple[int, str, str | None, str | None]:
+    """The row of ``DOMAIN_ERRORS`` for an exception (the nearest class it is one of)."""
+    for cls in type(error).__mro__:
+        if cls in DOMAIN_ERRORS:
+            return DOMAIN_ERRORS[cls]
+    return (500, "internal_error", "Internal server error", None)
+
+
+def handle_domain_error(error: domain.DomainError) -> Response:
+    status, error_id, message, field = domain_error_status(error)
+    extra: dict[str, Any] = {}
+    if isinstance(error, domain.JobStateError):
+        extra["state"] = error.state
+    if field is not None:
+        extra["errors"] = {field: [error.message]}
+    return error_response(status, error_id, message or error.message, **extra)
+
+
 def handle_validation_error(error: ValidationError) -> Response:
     messages = error.messages
     if not isinstance(messages, dict):
@@ -141,7 +166,8 @@ def handle_internal_error(error: InternalServerError) -> Response:
     return error_response(500, "internal_error", "Internal server error")
 
 
-def handle_database_unavailable(error: sa_exc.SQLAlchemyError) -> Response:
+def database_unavailable(error: sa_exc.SQLAlchemyError) -> Response:
+    """The 503 of a database that cannot serve now; the session is rolled back."""
     log.warning(
         "database unavailable, request id %s: %s",
         g.get("request_id", "-"),
@@ -154,6 +180,36 @@ def handle_database_unavailable(error: sa_exc.SQLAlchemyError) -> Response:
     )
 
 
+def handle_database_error(error: sa_exc.DBAPIError) -> Response:
+    """A database error: 503 when the database cannot serve now, a bug (500) otherwise.
+
+    It cannot serve when it is unreachable or does not answer, refuses
+    writes (read-only), or lacks the tables and columns of the code's
+    migrations ("Database not migrated").
+    """
+    from .probes import migrations_behind  # probes imports this module
+    from .storage import READ_ONLY_SQLSTATE, names_missing_schema
+
+    if names_missing_schema(error):
+        db.session.rollback()
+        try:
+            behind = migrations_behind(db.session)
+        except sa_exc.SQLAlchemyError:
+            return database_unavailable(error)
+        if behind:
+            log.warning("database not migrated, request id %s", g.get("request_id", "-"))
+            db.session.rollback()
+            retry_after = str(current_app.config["RETRY_AFTER_SECONDS"])
+            return error_response(
+                503, "service_unavailable", "Database not migrated", {"Retry-After": retry_after}
+            )
+        raise error  # at head, yet without what the code needs: a bug
+    read_only = getattr(error.orig, "sqlstate", None) == READ_ONLY_SQLSTATE
+    if read_only or isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return database_unavailable(error)
+    raise error
+
+
 def _snake(name: str) -> str:
     return "_".join(name.lower().replace("-", " ").split())
 
@@ -161,10 +217,12 @@ def _snake(name: str) -> str:
 def register_error_handlers(app: Flask) -> None:
     """Answer every error, on every route, with the JSON envelope."""
     app.register_error_handler(APIError, handle_api_error)
+    app.register_error_handler(domain.DomainError, handle_domain_error)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(InternalServerError, handle_internal_error)
-    # Connection failures, timeouts and a pool with no free connection: the
-    # database cannot serve now, which is no bug of the request.
-    for exc_type in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
-        app.register_error_handler(exc_type, handle_database_unavailable)
+    # Connection failures, timeouts, a pool with no free connection, a
+    # read-only or unmigrated database: the database cannot serve now, which
+    # is no bug of the request.
+    app.register_error_handler(sa_exc.TimeoutError, database_unavailable)
+    app.register_error_handler(sa_exc.DBAPIError, handle_database_error)

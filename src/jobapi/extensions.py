@@ -2,6 +2,7 @@
 
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -25,3 +26,5 @@ class Base(DeclarativeBase):
 # another query (and without beginning another transaction).
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
+# Checks the console's forms only: WTF_CSRF_CHECK_DEFAULT is off, and the console calls it.
+csrf = CSRFProtect()

@@ -17,16 +17,23 @@ import logging
 import os
 from collections.abc import Iterator
 
-from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from flask import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from .extensions import db
-from .models import STATES, Job
+from .jobs.pages import count_by_state
+from .jobs.states import STATES
+from .openapi import Blueprint
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +92,7 @@ class JobStateCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
-            counts = dict(
-                self.session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
-            )
+            counts = count_by_state(self.session)
         except sa_exc.SQLAlchemyError as error:
             # The other metrics are still worth a scrape; this one is left out.
             log.warning("jobapi_jobs left out of the scrape: %s", type(error).__name__)
@@ -100,7 +105,9 @@ class JobStateCollector:
         yield family
 
 
-@bp.get("/metrics")
+@bp.get("/metrics", tags=["probes"])
+@bp.answers(200, "PrometheusText", "Every metric, in Prometheus's text exposition format.", media_type="text/plain")
+@Blueprint.without_database  # a scrape without the database leaves out the jobs gauge, and still answers
 def metrics() -> Response:
     """Every metric, in Prometheus's text format; unauthenticated, like the probes."""
     registry = CollectorRegistry()

@@ -13,18 +13,21 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    Text,
     TypeDecorator,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .extensions import db
+from .jobs.states import FINAL_STATES, STATES, state_check_constraint
 
-STATES = ("waiting", "running", "complete", "cancelled", "error")
+__all__ = ["FINAL_STATES", "STATES", "ROLES", "JOB_ID_PATTERN", "Job", "JobStatus", "ApiToken", "utcnow"]
+
 ROLES = ("operator", "runner")
-FINAL_STATES = frozenset({"complete", "cancelled", "error"})
+# A job's id: 8 characters of a-z and 0-9, made by the server. The one definition of its
+# shape, which the routes, the schemas and the OpenAPI document use.
+JOB_ID_PATTERN = "[a-z0-9]{8}"
 
-_STATE_CHECK = "state IN ('waiting', 'running', 'complete', 'cancelled', 'error')"
+_STATE_CHECK = state_check_constraint()
 
 
 def utcnow() -> datetime:
@@ -69,6 +72,9 @@ class Job(db.Model):
     user_id: Mapped[str] = mapped_column(String(64))
     # SHA-256 hex digest of the job's key; the key itself is never stored.
     key_digest: Mapped[str] = mapped_column(String(64))
+    # The digest of the key it replaced (acquire, claim, rotate-key), so that a
+    # worker still holding that key is told why it no longer works.
+    replaced_key_digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     # The job's last status record, kept in step with every push so that
@@ -82,7 +88,8 @@ class Job(db.Model):
     # The last heartbeat that was not a push; a job's last sign of life is the
     # later of this and ``updated_at``.
     pinged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # The runner (token name) that claimed the job from the queue, and when.
+    # When the job was acquired (or claimed: the same event), and by which
+    # runner (its token's name; None for an acquire without a token).
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -108,6 +115,11 @@ class Job(db.Model):
         return self.state in FINAL_STATES
 
     @property
+    def acquired(self) -> bool:
+        """Whether a worker or a runner has taken the job (and its key)."""
+        return self.claimed_at is not None
+
+    @property
     def last_heartbeat(self) -> datetime:
         """When the job last showed it was alive: its last push or ping."""
         if self.pinged_at is None:
@@ -130,9 +142,14 @@ class JobStatus(db.Model):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     state: Mapped[str] = mapped_column(String(16))
     stage: Mapped[str | None] = mapped_column(String(256))
-    error: Mapped[str | None] = mapped_column(Text)
+    # A string, or an object ({"type", "traceback", "details"} or {"message"}),
+    # kept exactly as pushed.
+    error: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     progress: Mapped[int] = mapped_column(Integer)
     timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Virtool's step fields, kept only when a push gives them.
+    step_name: Mapped[str | None] = mapped_column(String(256))
+    step_description: Mapped[str | None] = mapped_column(String(1024))
     # A retried push with the same Idempotency-Key finds the record it made;
     # the digest tells a retry of the same body from a reuse of the key.
     idempotency_key: Mapped[str | None] = mapped_column(String(128))

@@ -6,26 +6,26 @@ import functools
 import logging
 import re
 import time
+from urllib.parse import quote
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from sqlalchemy import inspect
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import metrics
+from .jobs.service import is_job_id
 from .logs import FIELDS_ATTRIBUTE, init_app_logging
-from .service import is_job_id
+from .openapi import Api
 
 request_log = logging.getLogger("jobapi.request")
 
-# The view whose successful answers are status records a job stored.
-PUSH_ENDPOINT = "jobs.push_status"
 
-
-def init_observability(app: Flask) -> None:
+def init_observability(app: Flask, api: Api) -> None:
     """Log and count every request the app answers, and serve ``/metrics``."""
     init_app_logging(app)
     app.before_request(_start_clock)
     app.after_request(_observe_request)
-    app.register_blueprint(metrics.bp)
+    api.register_blueprint(metrics.bp)
 
 
 def _start_clock() -> None:
@@ -46,15 +46,9 @@ def _job_id() -> str | None:
     return candidate if isinstance(candidate, str) and is_job_id(candidate) else None
 
 
-def _stored_push_state(response: Response) -> str | None:
-    """The state of the record a push stored, or None (not a push, refused, or a replayed retry)."""
-    if request.endpoint != PUSH_ENDPOINT or response.status_code != 200:
-        return None
-    if getattr(g.get("locked_job"), "replay", None) is not None:
-        return None
-    # The pushed record is now the job's current state: no need to parse the answer.
-    job = g.get("job")
-    return inspect(job).dict.get("state") if job is not None else None
+def record_stored_push(state: str) -> None:
+    """A view stored a job's pushed record in this state: it is counted once the request commits."""
+    g.stored_push_state = state
 
 
 @functools.lru_cache(maxsize=256)
@@ -63,18 +57,40 @@ def _route_name(rule: str) -> str:
     return re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"<\1>", rule)
 
 
+# What a logged path may show as it is; anything else is percent-encoded, so
+# no client text can look like a field of the line ("job_id=", spaces, quotes).
+_PATH_SAFE = "/-._~:@!$&'()*+,;"
+
+
+def _route() -> str | None:
+    """The URL rule the request matched; for a 405, the rule of the path whatever its method."""
+    if request.url_rule is not None:
+        return _route_name(request.url_rule.rule)
+    if isinstance(request.routing_exception, MethodNotAllowed):
+        allowed = request.routing_exception.valid_methods or []
+        adapter = current_app.url_map.bind_to_environ(request.environ)
+        for method in allowed:
+            try:
+                rule, _ = adapter.match(method=method, return_rule=True)
+            except HTTPException:
+                continue
+            return _route_name(rule.rule)
+    return None
+
+
 def _observe_request(response: Response) -> Response:
     started = g.get("request_started")
     seconds = time.perf_counter() - started if started is not None else 0.0
-    route = _route_name(request.url_rule.rule) if request.url_rule is not None else None
+    route = _route()
     status = response.status_code
     metrics.observe_request(route, request.method, status, seconds)
-    pushed = _stored_push_state(response)
-    if pushed is not None:
+    pushed = g.get("stored_push_state")
+    if pushed is not None and response.status_code < 400:
         metrics.count_push(pushed)
     fields = {
         "method": request.method,
         "route": route,
+        "path": None if route else quote(request.path, safe=_PATH_SAFE),
         "status": status,
         "duration_ms": round(seconds * 1000, 1),
         "job_id": _job_id(),
@@ -82,7 +98,7 @@ def _observe_request(response: Response) -> Response:
     }
     # The formatter adds the job and request ids (logs.py).
     request_log.info(
-        "%s %s %s %.1fms", request.method, route or "-", status, seconds * 1000,
+        "%s %s %s %.1fms", request.method, route or fields["path"], status, seconds * 1000,
         extra={FIELDS_ATTRIBUTE: fields},
     )
     return response

@@ -1,12 +1,12 @@
 """The API's contract: an OpenAPI 3.1 document, served at ``GET /api/openapi.json``.
 
-The document is generated once, when the app is made, with apispec and its
-marshmallow plugin from the very schemas the views load and dump
-(``jobapi.schemas``), from the routes in the app's URL map, from each view's
-docstring, and from each view's ``@allow`` declaration (its security). What a
-marshmallow schema cannot say by itself (the custom fields, the rule that an
-``error`` comes with the ``error`` state and only with it, which errors a
-route can answer) is stated here, next to the mapping that uses it.
+flask-smorest builds it from the decorators beside each view (``answers``,
+``refuses``, ``query``), from what the view declares to ``jobapi.auth``
+(``@allow``: its security and its 401/403; ``@takes_json``: its request
+body), and from the view's docstring. This module holds what is the same
+for every route (the error envelope, the headers, the security schemes) and
+what the marshmallow schemas cannot say by themselves (the fields that take
+more than one JSON type, the rule tying an ``error`` to its state).
 
 ``tests/test_openapi.py`` fails when a route is not described;
 ``tests/test_fuzz.py`` runs schemathesis against a live server with it.
@@ -15,35 +15,41 @@ route can answer) is stated here, next to the mapping that uses it.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Callable, Iterable
+from copy import deepcopy
 from typing import Any
 
-from apispec import APISpec
+import flask_smorest
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, Flask, Response, current_app
+from flask import Flask, Response, current_app
 from marshmallow import Schema, fields, validate
-from werkzeug.routing import Rule
 
+from . import __version__
 from .auth import IDEMPOTENCY_HEADER, Access
 from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, HTTP_ERRORS
-from .models import STATES
+from .jobs.states import ERROR_ALLOWED, ERROR_REQUIRED, STATES
+from .models import JOB_ID_PATTERN
 from .schemas import (
     MAX_ARGS_BYTES,
+    MAX_ERROR_BYTES,
+    MAX_ERROR_CHARACTERS,
+    AcquireSchema,
     ClaimSchema,
+    ErrorField,
     ErrorMessages,
+    ErrorOut,
     ErrorSchema,
+    HealthSchema,
     JobCreateSchema,
-    JobListQuerySchema,
     JobOutSchema,
     JobPageSchema,
     JobSummarySchema,
     NewJobSchema,
+    NotReadySchema,
+    PingRef,
     PingSchema,
     Progress,
-    RemoveQuerySchema,
+    ReadySchema,
     StatusInSchema,
     StatusOutSchema,
     Timestamp,
@@ -53,12 +59,8 @@ from .schemas import (
     _validate_args,
 )
 
-OPENAPI_VERSION = "3.1.0"
-DOCUMENT_PATH = "/openapi.json"
-# app.extensions key: the document, serialized once.
+# app.extensions key: the document, serialized once the app is made.
 EXTENSION = "jobapi.openapi"
-
-bp = Blueprint("openapi", __name__)
 
 # Security schemes: a job's key (HTTP Basic) and operators' and runners' tokens
 # (HTTP Bearer; the requirement names the token's role, as OpenAPI 3.1 allows).
@@ -68,33 +70,6 @@ BEARER_TOKEN = "bearerToken"
 NO_NUL_PATTERN = "^[^\\u0000]*$"
 # The digit strings Progress accepts (at most 10 digits) whose value is 0-100.
 PERCENT_DIGITS_PATTERN = "^0*(?:100|[1-9]?[0-9])$"
-
-
-# The schemas of the probes' answers: the probes build them by hand, so they
-# are stated here to document them.
-
-
-class HealthSchema(Schema):
-    """The process is up."""
-
-    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
-
-
-class ReadySchema(Schema):
-    """The database answers and its migrations are at head."""
-
-    status = fields.String(required=True, validate=validate.OneOf(["ready"]))
-    database = fields.String(required=True, validate=validate.OneOf(["ok"]))
-    migrations = fields.String(required=True, validate=validate.OneOf(["head"]))
-
-
-class NotReadySchema(ErrorSchema):
-    """Not ready (503): the error envelope, with what is not ready."""
-
-    database = fields.String(required=True, validate=validate.OneOf(["ok", "unavailable"]))
-    migrations = fields.String(
-        required=True, validate=validate.OneOf(["unknown", "none", "not_at_head"])
-    )
 
 
 # (component name, schema); a nested schema comes before the schemas that hold it.
@@ -108,27 +83,65 @@ SCHEMAS: tuple[tuple[str, type[Schema]], ...] = (
     ("JobSummary", JobSummarySchema),
     ("JobPage", JobPageSchema),
     ("Claim", ClaimSchema),
+    ("Acquire", AcquireSchema),
     ("Error", ErrorSchema),
     ("Health", HealthSchema),
     ("Ready", ReadySchema),
     ("NotReady", NotReadySchema),
 )
 
-# What StatusInSchema._error_matches_state checks, in JSON Schema: an error
-# message with the error state, and none (absent or null) with any other.
+# What StatusInSchema._error_matches_state checks, in JSON Schema.
 STATUS_IN_RULES = {
     "oneOf": [
         {
-            "properties": {"state": {"const": "error"}, "error": {"type": "string"}},
+            "properties": {
+                "state": {"enum": sorted(ERROR_REQUIRED)},
+                "error": {"$ref": "#/components/schemas/JobError"},
+            },
             "required": ["error"],
         },
         {
             "properties": {
-                "state": {"enum": [state for state in STATES if state != "error"]},
+                "state": {"enum": sorted(ERROR_ALLOWED - ERROR_REQUIRED)},
+                "error": {"anyOf": [{"$ref": "#/components/schemas/JobError"}, {"type": "null"}]},
+            },
+        },
+        {
+            "properties": {
+                "state": {"enum": [state for state in STATES if state not in ERROR_ALLOWED]},
                 "error": {"type": "null"},
             },
         },
     ]
+}
+
+_NO_NUL_STRING = {"type": "string", "pattern": NO_NUL_PATTERN}
+# A record's error: a string, Virtool's error object, or virtool-workflow 1.x's.
+JOB_ERROR = {
+    "description": (
+        f"What went wrong: a string of 1 to {MAX_ERROR_CHARACTERS} characters, or an object "
+        f"as Virtool's workers send it, at most {MAX_ERROR_BYTES} bytes as JSON; "
+        "kept exactly as given. No NUL characters."
+    ),
+    "anyOf": [
+        {**_NO_NUL_STRING, "minLength": 1, "maxLength": MAX_ERROR_CHARACTERS},
+        {
+            "type": "object",
+            "properties": {
+                "type": _NO_NUL_STRING,
+                "traceback": {"type": "array", "items": _NO_NUL_STRING},
+                "details": {"type": "array", "items": _NO_NUL_STRING},
+            },
+            "required": ["type", "traceback", "details"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"message": _NO_NUL_STRING},
+            "required": ["message"],
+            "additionalProperties": False,
+        },
+    ],
 }
 
 # Any JSON value without NUL characters, which a job's args may hold (PostgreSQL cannot store NUL).
@@ -146,26 +159,18 @@ JSON_VALUE = {
     ],
 }
 
-
-# Responses
-
-
 # Status -> what it means on these routes; the ids come from the error handlers.
 ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "The body is not valid JSON, or not a JSON object.",
-    401: "Missing or malformed credentials, a wrong key, an unknown or revoked token.",
+    400: "The body is not valid JSON, or not a JSON object; or the job was already acquired.",
+    401: "Missing or malformed credentials, a wrong or replaced key, an unknown or revoked token.",
     403: "Another job's credentials, or a token of a role this route does not take.",
     404: "No such job.",
-    405: "The path exists, the method does not; `Allow` lists the methods.",
     409: "The job's state refuses it; `state` names the job's state.",
-    413: "The body is larger than the service takes (64 KiB by default).",
+    413: "The body is larger than the service takes (64 KiB by default), however it is sent.",
     415: "The body is not `application/json` by its Content-Type.",
     422: "A field (or header, or query parameter) breaks a rule; `errors` names each.",
     500: "A bug: logged with the request id, nothing leaked.",
-    503: "The database cannot be reached; try again after `Retry-After` seconds.",
-}
-ERRORS: dict[int, tuple[str, str]] = {
-    code: (HTTP_ERRORS[code][0], text) for code, text in ERROR_DESCRIPTIONS.items()
+    503: "The database cannot serve now; try again after `Retry-After` seconds.",
 }
 
 # Response headers: component name -> (header name, header object). Each is
@@ -180,10 +185,7 @@ HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "RetryAfter": (
         "Retry-After",
-        {
-            "description": "Seconds to wait before trying again.",
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
-        },
+        {"description": "Seconds to wait before trying again.", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
     ),
     "BasicChallenge": (
         "WWW-Authenticate",
@@ -200,52 +202,15 @@ HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "Location": ("Location", {"description": "The new job's URL.", "schema": {"type": "string"}}),
-    "Allow": ("Allow", {"description": "The methods the path takes.", "schema": {"type": "string"}}),
     "RequestId": (
         "X-Request-ID",
         {
-            "description": "The request's id: the client's own `X-Request-ID`, or one made for it.",
+            "description": "The request's id: the client's own `X-Request-ID` if it is 1-128 characters "
+            "of `[A-Za-z0-9._:-]`, or one made for it.",
             "schema": {"type": "string"},
         },
     ),
 }
-
-
-def _headers(names: Iterable[str]) -> dict[str, Any]:
-    """The ``headers`` of a response: references to the header components."""
-    return {HEADERS[name][0]: {"$ref": f"#/components/headers/{name}"} for name in names}
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A successful answer: its description, body schema (None: no body) and headers."""
-
-    description: str
-    schema: str | None = None
-    headers: tuple[str, ...] = ()
-    media_type: str = "application/json"
-
-
-@dataclass(frozen=True)
-class Operation:
-    """What the document says of one method of one route, beyond what the code tells."""
-
-    tag: str
-    answers: dict[int, Answer]
-    # Errors the route gives besides 401 and 403 (a route with @allow), 500 (any route) and
-    # 503 (a route that needs the database).
-    errors: tuple[int, ...] = ()
-    # Component name of the JSON request body, if the route reads one.
-    body: str | None = None
-    query: type[Schema] | None = None
-    # Extra parameters (headers), OpenAPI parameter objects.
-    parameters: tuple[dict[str, Any], ...] = ()
-    # Statuses whose answers always carry Job-State.
-    job_state: tuple[int, ...] = ()
-    database: bool = True
-    # The error schema of 503, if not the plain envelope.
-    unavailable_schema: str = "Error"
-
 
 IDEMPOTENCY_PARAMETER = {
     "in": "header",
@@ -260,113 +225,22 @@ IDEMPOTENCY_PARAMETER = {
     "schema": {"type": "string", "pattern": "^[!-~][ -~]{0,127}$"},
 }
 
-_JOB_BODY_ERRORS = (400, 404, 409, 413, 415, 422)
+# Pages for people, not part of the API, which the document leaves out: the
+# operator console (and ``/``, which leads there), the docs page that renders
+# this document, and the static files they load. They are registered on the
+# app, not through the Api, so the document never sees them.
+NOT_API_BLUEPRINTS = frozenset({"console", "apidocs"})
+NOT_API_ENDPOINTS = frozenset({"index", "static"})
 
-OPERATIONS: dict[str, dict[str, Operation]] = {
-    "jobs.get_job": {
-        "GET": Operation(
-            tag="jobs",
-            answers={200: Answer("The job's document.", "Job", ("JobState",))},
-            errors=(404,),
-        ),
-    },
-    "jobs.push_status": {
-        "POST": Operation(
-            tag="jobs",
-            answers={200: Answer("The stored record.", "StatusOut", ("JobState",))},
-            errors=_JOB_BODY_ERRORS,
-            body="StatusIn",
-            parameters=(IDEMPOTENCY_PARAMETER,),
-            job_state=(200, 400, 409, 413, 415, 422),
-        ),
-    },
-    "jobs.ping": {
-        "PUT": Operation(
-            tag="jobs",
-            answers={200: Answer("The heartbeat is recorded.", "Ping", ("JobState",))},
-            errors=(404, 409),
-            job_state=(200, 409),
-        ),
-    },
-    "jobs.create_job": {
-        "POST": Operation(
-            tag="operators",
-            answers={201: Answer("The job made, with its key (shown only this once).", "NewJob", ("Location",))},
-            errors=(400, 413, 415, 422),
-            body="JobCreate",
-        ),
-    },
-    "jobs.list_jobs": {
-        "GET": Operation(
-            tag="operators",
-            answers={200: Answer("A page of jobs, newest first.", "JobPage")},
-            errors=(422,),
-            query=JobListQuerySchema,
-        ),
-    },
-    "jobs.cancel_job": {
-        "POST": Operation(
-            tag="operators",
-            answers={200: Answer("The `cancelled` record (the existing one if already cancelled).", "StatusOut", ("JobState",))},
-            errors=(404, 409),
-        ),
-    },
-    "jobs.remove_job": {
-        "DELETE": Operation(
-            tag="operators",
-            answers={204: Answer("The job and its records are deleted.")},
-            errors=(404, 409, 422),
-            query=RemoveQuerySchema,
-        ),
-    },
-    "jobs.claim_job": {
-        "POST": Operation(
-            tag="runners",
-            answers={
-                200: Answer("The claimed job, with a fresh key; the key it had stops working.", "NewJob"),
-                204: Answer("No waiting job fits."),
-            },
-            errors=(400, 413, 415, 422),
-            body="Claim",
-        ),
-    },
-    "probes.healthz": {
-        "GET": Operation(
-            tag="probes", answers={200: Answer("The process answers.", "Health")}, database=False
-        ),
-    },
-    "probes.readyz": {
-        "GET": Operation(
-            tag="probes",
-            answers={200: Answer("Ready to serve.", "Ready")},
-            unavailable_schema="NotReady",
-        ),
-    },
-    "metrics.metrics": {
-        "GET": Operation(
-            tag="probes",
-            answers={
-                200: Answer(
-                    "Every metric, in Prometheus's text exposition format.",
-                    "PrometheusText",
-                    media_type="text/plain",
-                )
-            },
-            # A scrape without the database leaves out the jobs gauge, and still answers.
-            database=False,
-        ),
-    },
-    "openapi.document": {
-        "GET": Operation(
-            tag="meta",
-            answers={200: Answer("This document.", "OpenAPIDocument")},
-            database=False,
-        ),
-    },
-}
+
+def part_of_the_api(endpoint: str) -> bool:
+    """Whether a route belongs to the API (and so to this document), or is a page for people."""
+    return endpoint not in NOT_API_ENDPOINTS and endpoint.partition(".")[0] not in NOT_API_BLUEPRINTS
+
 
 TAGS = [
     {"name": "jobs", "description": "A job's own routes, with its key (operators may read a job too)."},
+    {"name": "workers", "description": "Acquire a job by its id (Virtool's workers): with a runner token, or open to anyone with `JOB_ACQUIRE=open`."},
     {"name": "operators", "description": "Make, list, cancel and remove jobs, with an operator token."},
     {"name": "runners", "description": "Claim queued work, with a runner token."},
     {"name": "probes", "description": "Health, readiness and metrics, without authentication."},
@@ -375,14 +249,142 @@ TAGS = [
 
 DESCRIPTION = """\
 Workers read their own job and push its status; operators make, list, cancel and
-remove jobs; runners claim queued work.
+remove jobs; runners claim queued work; Virtool's workers acquire a job by its id.
 
 Every error, on every route, is JSON: `{{"id": ..., "message": ...}}`, with `errors`
 on 422 and `state` on 409 (the `Error` schema). A path that exists answers a
 method it does not list with 405 `method_not_allowed` and an `Allow` header; a
 path that does not exist answers 404 `not_found`. Bodies are at most
-{body_limit} bytes. Every answer carries `X-Request-ID`.
+{body_limit} bytes on every route. Every answer carries `X-Request-ID`.
+
+The operator console (`/console/`) and this document's rendering (`/api/docs`)
+are pages for people, not part of the API, and are not described here.
 """
+
+
+def _headers(names: Iterable[str]) -> dict[str, Any]:
+    """The ``headers`` of a response: references to the header components."""
+    return {HEADERS[name][0]: {"$ref": f"#/components/headers/{name}"} for name in ("RequestId", *names)}
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's blueprint, documenting besides what ``@allow`` and ``@takes_json``
+    declare (security, 401 and 403, the request body) and the answers every route may give
+    (413 and 500; 503 unless the view touches no database)."""
+
+    def answers(
+        self, status: int, schema: type[Schema] | str | None, description: str, *,
+        headers: Iterable[str] = (), media_type: str = "application/json",
+    ) -> Callable:
+        """Document a success answer: its body's schema (a class, a component name, or None) and headers."""
+        if isinstance(schema, str):
+            schema = {"$ref": f"#/components/schemas/{schema}"}  # type: ignore[assignment]
+        return self.alt_response(
+            status, schema=schema, description=description, headers=_headers(headers),
+            content_type=media_type, success=True,
+        )
+
+    def refuses(self, *statuses: int, job_state: Iterable[int] = ()) -> Callable:
+        """Document the errors a view answers besides those every route may; ``job_state``
+        lists those that carry ``Job-State``."""
+        job_state = frozenset(job_state)
+
+        def decorate(view: Callable) -> Callable:
+            for status in statuses:
+                view = self.alt_response(**_error_response(status, JobState=status in job_state))(view)
+            return view
+
+        return decorate
+
+    @staticmethod
+    def query(schema: type[Schema]) -> Callable:
+        """Document a view's query string (the view loads it with the same schema)."""
+        return flask_smorest.Blueprint.doc(parameters=[{"in": "query", "schema": schema}])
+
+    @staticmethod
+    def without_database(view: Callable) -> Callable:
+        """Mark a view that never touches the database: it cannot answer 503."""
+        view.without_database = True  # type: ignore[attr-defined]
+        return view
+
+    def _store_endpoint_docs(self, endpoint, obj, parameters, tags, **options):
+        _declare(obj, getattr(obj, "access", None), getattr(obj, "body_schema", None))
+        obj._apidoc["manual_doc"].setdefault("operationId", endpoint)
+        super()._store_endpoint_docs(endpoint, obj, parameters, tags, **options)
+        self._docs[endpoint]["access"] = getattr(obj, "access", None)
+
+    def register_views_in_doc(self, api, app, spec, *, name, parameters):
+        """Register the views' operations; a route a setting opens to anyone (``open_when``)
+        takes no credentials in this app's document."""
+        stored = self._docs
+        self._docs = deepcopy(stored)
+        for info in self._docs.values():
+            access: Access | None = info.pop("access", None)
+            if access is None or access.open_when is None:
+                continue
+            setting, value = access.open_when
+            if app.config.get(setting) == value:
+                for method, operation in info.items():
+                    if method != "parameters":
+                        operation["manual_doc"]["security"].append({})
+        try:
+            super().register_views_in_doc(api, app, spec, name=name, parameters=parameters)
+        finally:
+            self._docs = stored
+
+
+def _error_response(status: int, *, schema: str = "Error", **headers: bool) -> dict[str, Any]:
+    """``alt_response`` arguments for an error status with the envelope and its headers."""
+    error_id = HTTP_ERRORS[status][0]
+    names = [name for name, present in headers.items() if present]
+    return {
+        "status_code": status,
+        "schema": {"$ref": f"#/components/schemas/{schema}"},
+        "description": f"`{error_id}`: {ERROR_DESCRIPTIONS[status]}",
+        "headers": _headers(names),
+    }
+
+
+def _declare(view: Callable, access: Access | None, body: Schema | None) -> None:
+    """Add to a view's documentation what it declares to the auth hook, and the common errors."""
+    doc = view.__dict__.setdefault("_apidoc", {})
+    manual = doc.setdefault("manual_doc", {})
+    responses = doc.setdefault("response", {}).setdefault("responses", {})
+    if access is not None:
+        requirements: list[dict[str, list[str]]] = []
+        if access.job:
+            requirements.append({JOB_KEY: []})
+        if access.roles:
+            requirements.append({BEARER_TOKEN: sorted(access.roles)})
+        manual["security"] = requirements
+        challenge = "BasicChallenge" if access.job else "BearerChallenge"
+        responses[401] = [_as_doc(_error_response(401, **{challenge: True}))]
+        responses[403] = [_as_doc(_error_response(403))]
+    if body is not None:
+        manual["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": type(body)}},
+        }
+    for status in (413, 500):
+        if status not in responses:
+            responses[status] = [_as_doc(_error_response(status))]
+    if not getattr(view, "without_database", False) and 503 not in responses:
+        responses[503] = [_as_doc(_error_response(503, RetryAfter=True))]
+
+
+def _as_doc(arguments: dict[str, Any]) -> dict[str, Any]:
+    """An ``alt_response`` call's arguments as flask-smorest stores the response's doc."""
+    return {
+        "schema": arguments["schema"],
+        "description": arguments["description"],
+        "headers": arguments["headers"],
+        "content_type": None,
+    }
+
+
+def not_ready_response() -> dict[str, Any]:
+    """``alt_response`` arguments for readiness's 503: the envelope with what is not ready."""
+    return _error_response(503, schema="NotReady", RetryAfter=True)
 
 
 # The marshmallow plugin's mapping of the custom fields and validators.
@@ -400,7 +402,7 @@ def _has_validator(obj: fields.Field, validator: Any) -> bool:
 
 
 def _constraints(converter, obj: fields.Field, **kwargs: Any) -> dict[str, Any]:
-    """Attribute function: what jobapi's own fields and validators mean in JSON Schema."""
+    """Attribute function: what jobapi's own validators mean in JSON Schema."""
     out: dict[str, Any] = {}
     regexps = [v for v in obj.validators if isinstance(v, validate.Regexp)]
     if regexps:
@@ -416,7 +418,7 @@ def _constraints(converter, obj: fields.Field, **kwargs: Any) -> dict[str, Any]:
 
 
 def _custom_fields(converter, obj: fields.Field, **kwargs: Any) -> dict[str, Any]:
-    """Attribute function: the fields that take more than one JSON type, and the envelope's errors."""
+    """Attribute function: the fields that take more than one JSON type."""
     ret: dict[str, Any] = kwargs["ret"]
     if isinstance(obj, Progress):
         ranges = [v for v in obj.validators if isinstance(v, validate.Range)]
@@ -437,30 +439,29 @@ def _custom_fields(converter, obj: fields.Field, **kwargs: Any) -> dict[str, Any
             "description": 'Who the job runs for: a string, or `{"id": string}` as documents show it.',
             "anyOf": [
                 name,
-                {
-                    "type": "object",
-                    "properties": {"id": name},
-                    "required": ["id"],
-                    "additionalProperties": False,
-                },
+                {"type": "object", "properties": {"id": name}, "required": ["id"], "additionalProperties": False},
             ],
         }
     if isinstance(obj, UserRef):
         return {
             "type": "object",
-            "properties": {"id": {"type": "string"}},
-            "required": ["id"],
+            "properties": {"id": {"type": "string"}, "handle": {"type": "string"}},
+            "required": ["id", "handle"],
             "additionalProperties": False,
         }
-    if isinstance(obj, ErrorMessages):
+    if isinstance(obj, PingRef):
         return {
-            "additionalProperties": {
-                "anyOf": [
-                    {"type": "array", "items": {"type": "string"}},
-                    {"type": "object"},
-                ]
-            }
+            "type": ["object", "null"],
+            "properties": {"pinged_at": {"type": "string", "format": "date-time"}},
+            "required": ["pinged_at"],
+            "additionalProperties": False,
         }
+    if isinstance(obj, ErrorField):
+        return {"anyOf": [{"$ref": "#/components/schemas/JobError"}, {"type": "null"}]}
+    if isinstance(obj, ErrorOut):
+        return {"anyOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}]}
+    if isinstance(obj, ErrorMessages):
+        return {"additionalProperties": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]}}
     return {}
 
 
@@ -481,10 +482,6 @@ def _query_boolean(converter, obj: fields.Field, **kwargs: Any) -> dict[str, Any
     return {"schema": schema}
 
 
-def _make_plugin() -> MarshmallowPlugin:
-    return MarshmallowPlugin(schema_name_resolver=_schema_name)
-
-
 def _schema_name(schema: Any) -> str:
     cls = schema if isinstance(schema, type) else type(schema)
     for name, known in SCHEMAS:
@@ -493,209 +490,103 @@ def _schema_name(schema: Any) -> str:
     return cls.__name__.removesuffix("Schema")
 
 
-def _customize(plugin: MarshmallowPlugin) -> None:
+class Api(flask_smorest.Api):
+    """flask-smorest's Api, answering errors with jobapi's own envelope (``errors.py``)."""
+
+    ERROR_SCHEMA = ErrorSchema
+    # Each operation lists the errors it gives; there is no catch-all.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _register_error_handlers(self) -> None:
+        """errors.py answers every error, on every route, with the one envelope."""
+
+    def _register_responses(self) -> None:
+        """The error responses are written per operation (``Blueprint.refuses``)."""
+
+    def _register_etag_headers(self) -> None:
+        """No route uses ETags."""
+
+    def _register_pagination_header(self) -> None:
+        """Pages are keyset cursors in the body (``JobPage``), not flask-smorest's header."""
+
+    def register_blueprint(self, blp, *, parameters=None, **options) -> None:
+        """Register a blueprint and its operations; the tags are the document's own (``TAGS``)."""
+        self._app.register_blueprint(blp, **options)
+        blp.register_views_in_doc(self, self._app, self.spec, name=options.get("name", blp.name), parameters=parameters)
+
+
+def init_openapi(app: Flask) -> Api:
+    """The app's Api, with the document's settings and components.
+
+    The blueprints of the API are registered with its ``register_blueprint``;
+    ``freeze_document`` serializes the document once they all are.
+    """
+    app.config.update(
+        API_TITLE="jobapi",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.1.0",
+        # The document is served by a route of the API's own (``document`` below).
+        OPENAPI_URL_PREFIX=None,
+    )
+    plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
+    api = Api()
+    api.init_app(app, spec_kwargs={
+        "marshmallow_plugin": plugin,
+        "info": {"description": DESCRIPTION.format(body_limit=app.config["MAX_CONTENT_LENGTH"])},
+        "tags": TAGS,
+    })
     converter = plugin.converter
     assert converter is not None
     converter.map_to_openapi_type(Timestamp, "string", "date-time")
     converter.add_attribute_function(_constraints)
     converter.add_attribute_function(_custom_fields)
     converter.add_parameter_attribute_function(_query_boolean)
+    from .jobs.views import JobIdConverter
 
+    api.register_converter(JobIdConverter, lambda _: {
+        "type": "string",
+        "pattern": f"^{JOB_ID_PATTERN}$",
+        "description": "A job's id: 8 characters of a-z and 0-9 (any other names no job: 404).",
+    })
 
-# The document
-
-
-def _openapi_path(rule: Rule) -> str:
-    """``/api/jobs/<job_id>`` as OpenAPI writes it: ``/api/jobs/{job_id}``."""
-    return re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule)
-
-
-def _path_parameter(name: str) -> dict[str, Any] | str:
-    if name == "job_id":
-        return "JobId"  # apispec's reference to the component
-    return {"in": "path", "name": name, "required": True, "schema": {"type": "string"}}
-
-
-def _error_response(status: int, *, schema: str = "Error", headers: Iterable[str] = ()) -> dict[str, Any]:
-    error_id, description = ERRORS[status]
-    response_headers = _headers(["RequestId", *headers])
-    return {
-        "description": f"`{error_id}`: {description}",
-        "headers": response_headers,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
-
-
-def _answer(answer: Answer) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": answer.description,
-        "headers": _headers(["RequestId", *answer.headers]),
-    }
-    if answer.schema is not None:
-        response["content"] = {
-            answer.media_type: {"schema": {"$ref": f"#/components/schemas/{answer.schema}"}}
-        }
-    return response
-
-
-def _security(access: Access | None) -> list[dict[str, list[str]]] | None:
-    if access is None:
-        return None
-    requirements: list[dict[str, list[str]]] = []
-    if access.job:
-        requirements.append({JOB_KEY: []})
-    if access.roles:
-        requirements.append({BEARER_TOKEN: sorted(access.roles)})
-    return requirements
-
-
-def _operation(app: Flask, rule: Rule, method: str, described: Operation) -> dict[str, Any]:
-    view = app.view_functions[rule.endpoint]
-    access: Access | None = getattr(view, "access", None)
-    doc = (view.__doc__ or "").strip()
-    summary, _, details = doc.partition("\n")
-    operation: dict[str, Any] = {
-        "operationId": rule.endpoint.rpartition(".")[2],
-        "tags": [described.tag],
-        "summary": summary.strip(),
-    }
-    if details.strip():
-        operation["description"] = " ".join(details.split())
-    security = _security(access)
-    if security is not None:
-        operation["security"] = security
-
-    parameters: list[Any] = list(described.parameters)
-    if described.query is not None:
-        parameters.append({"in": "query", "schema": described.query})
-    if parameters:
-        operation["parameters"] = parameters
-    if described.body is not None:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{described.body}"}}
-            },
-        }
-
-    responses: dict[str, Any] = {
-        str(status): _answer(answer) for status, answer in described.answers.items()
-    }
-    errors = set(described.errors)
-    if access is not None:
-        errors |= {401, 403}
-    errors.add(500)
-    if described.database:
-        errors.add(503)
-    for status in sorted(errors):
-        headers = ["JobState"] if status in described.job_state else []
-        if status == 401:
-            headers.append("BasicChallenge" if access and access.job else "BearerChallenge")
-        if status == 503:
-            headers.append("RetryAfter")
-        schema = described.unavailable_schema if status == 503 else "Error"
-        responses[str(status)] = _error_response(status, schema=schema, headers=headers)
-    operation["responses"] = responses
-    return operation
-
-
-def _package_version() -> str:
-    try:
-        return version("jobapi")
-    except PackageNotFoundError:  # pragma: no cover - run from a bare checkout
-        return "0.0.0"
-
-
-def build_document(app: Flask) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route of ``app`` this module describes."""
-    plugin = _make_plugin()
-    spec = APISpec(
-        title="jobapi",
-        version=_package_version(),
-        openapi_version=OPENAPI_VERSION,
-        plugins=[plugin],
-        info={"description": DESCRIPTION.format(body_limit=app.config["MAX_CONTENT_LENGTH"])},
-        tags=TAGS,
-    )
-    _customize(plugin)
-
-    spec.components.security_scheme(
-        JOB_KEY,
-        {
-            "type": "http",
-            "scheme": "basic",
-            "description": "A job's own key: user name `job-<id>`, password the key.",
-        },
-    )
-    spec.components.security_scheme(
-        BEARER_TOKEN,
-        {
-            "type": "http",
-            "scheme": "bearer",
-            "description": (
-                "An operator's (`jobapi_op_…`) or a runner's (`jobapi_rn_…`) token; each "
-                "route's requirement names the role it takes."
-            ),
-        },
-    )
+    spec = api.spec
+    spec.components.security_scheme(JOB_KEY, {
+        "type": "http", "scheme": "basic",
+        "description": "A job's own key: user name `job-<id>`, password the key.",
+    })
+    spec.components.security_scheme(BEARER_TOKEN, {
+        "type": "http", "scheme": "bearer",
+        "description": (
+            "An operator's (`jobapi_op_…`) or a runner's (`jobapi_rn_…`) token; each "
+            "route's requirement names the role it takes."
+        ),
+    })
     spec.components.schema("JsonValue", JSON_VALUE)
+    spec.components.schema("JobError", JOB_ERROR)
     for name, schema in SCHEMAS:
         extra: dict[str, Any] = {"description": (schema.__doc__ or "").strip()}
         if schema is StatusInSchema:
             extra.update(STATUS_IN_RULES)
         spec.components.schema(name, extra, schema=schema)
-    spec.components.schema(
-        "PrometheusText",
-        {"type": "string", "description": "Prometheus text exposition format."},
-    )
-    spec.components.schema(
-        "OpenAPIDocument", {"type": "object", "description": "An OpenAPI 3.1 document."}
-    )
+    spec.components.schema("PrometheusText", {"type": "string", "description": "Prometheus text exposition format."})
+    spec.components.schema("OpenAPIDocument", {"type": "object", "description": "An OpenAPI 3.1 document."})
     for name, (_, header) in HEADERS.items():
         spec.components.header(name, {**header, "required": True})
-    spec.components.parameter(
-        "JobId",
-        "path",
-        {
-            "name": "job_id",
-            "description": "A job's id: 8 characters of a-z and 0-9 (any other names no job: 404).",
-            "required": True,
-            "schema": {"type": "string", "pattern": "^[a-z0-9]{8}$"},
-        },
-    )
-    spec.components.response("NotFound", _error_response(404))
-    spec.components.response(
-        "MethodNotAllowed", _error_response(405, headers=["Allow"])
-    )
-
-    for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
-        described = OPERATIONS.get(rule.endpoint)
-        if described is None:
-            continue
-        operations = {
-            method.lower(): _operation(app, rule, method, described[method])
-            for method in sorted(rule.methods or ())
-            if method in described
-        }
-        if operations:
-            spec.path(
-                path=_openapi_path(rule),
-                operations=operations,
-                parameters=[_path_parameter(name) for name in sorted(rule.arguments)],
-            )
-    return spec.to_dict()
+    api.register_blueprint(bp, url_prefix="/api")
+    return api
 
 
-@bp.get(DOCUMENT_PATH)
+def freeze_document(app: Flask, api: Api) -> None:
+    """Serialize the document once, now that every route of the API is registered."""
+    app.extensions[EXTENSION] = json.dumps(api.spec.to_dict()).encode()
+
+
+bp = Blueprint("openapi", __name__)
+
+
+@bp.get("/openapi.json", tags=["meta"])
+@bp.answers(200, "OpenAPIDocument", "This document.")
+@Blueprint.without_database
 def document() -> Response:
     """The API's OpenAPI 3.1 document; no authentication."""
     return Response(current_app.extensions[EXTENSION], mimetype="application/json")
-
-
-def init_openapi(app: Flask) -> None:
-    """Serve the document at ``/api/openapi.json``, built now from every route already registered.
-
-    Call it after every other blueprint is registered.
-    """
-    app.register_blueprint(bp, url_prefix="/api")
-    app.extensions[EXTENSION] = json.dumps(build_document(app)).encode()

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_dump,
+    validate,
+    validates_schema,
+)
 
-from .models import STATES
+from .jobs.states import ERROR_ALLOWED, ERROR_REQUIRED, PUSHABLE_STATES, STATES
+from .models import JOB_ID_PATTERN
 
 MAX_ARGS_BYTES = 64 * 1024
+MAX_ERROR_CHARACTERS = 16384
+MAX_ERROR_BYTES = 16 * 1024
 MAX_INT32 = 2**31 - 1
 TASK_PATTERN = r"[a-z0-9_]{1,64}\Z"
 
@@ -89,26 +99,88 @@ class StrictInteger(fields.Integer):
         return super()._validated(value if number is None else number)
 
 
-class StatusInSchema(Schema):
-    """A status record a job pushes (SPEC 1.2)."""
+class ErrorField(fields.Field):
+    """A record's error: a string, or an object as Virtool's workers send it.
 
-    state = fields.String(required=True, validate=validate.OneOf(STATES))
-    stage = fields.String(
-        required=True, validate=[validate.Length(min=0, max=256), _no_nul]
+    Virtool's ``{"type": str, "traceback": [str], "details": [str]}`` and
+    virtool-workflow 1.x's ``{"message": str}`` are kept exactly as given.
+    """
+
+    default_error_messages = {
+        "invalid": (
+            "Must be a string, an object of type, traceback and details, or an object of message."
+        ),
+        "too_long": f"Longer than {MAX_ERROR_BYTES} bytes as JSON.",
+    }
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> Any:
+        if isinstance(value, str):
+            if not 1 <= len(value) <= MAX_ERROR_CHARACTERS:
+                raise ValidationError(f"Length must be between 1 and {MAX_ERROR_CHARACTERS}.")
+            _no_nul(value)
+            return value
+        if not (_is_virtool_error(value) or _is_message_error(value)):
+            raise self.make_error("invalid")
+        if _contains_nul(value):
+            raise ValidationError("Must not contain NUL characters.")
+        if len(json.dumps(value, separators=(",", ":")).encode()) > MAX_ERROR_BYTES:
+            raise self.make_error("too_long")
+        return value
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_virtool_error(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {"type", "traceback", "details"}
+        and isinstance(value["type"], str)
+        and _is_strings(value["traceback"])
+        and _is_strings(value["details"])
     )
+
+
+def _is_message_error(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"message"} and isinstance(value["message"], str)
+
+
+def _text(max_length: int) -> list[Any]:
+    return [validate.Length(min=0, max=max_length), _no_nul]
+
+
+class StatusInSchema(Schema):
+    """A status record a job pushes (SPEC 1.2 and 7.3)."""
+
+    state = fields.String(required=True, validate=validate.OneOf(PUSHABLE_STATES))
+    stage = fields.String(required=True, validate=_text(256))
     progress = Progress(required=True, validate=validate.Range(min=0, max=100))
-    error = fields.String(
-        load_default=None,
-        allow_none=True,
-        validate=[validate.Length(min=1, max=16384), _no_nul],
-    )
+    error = ErrorField(load_default=None, allow_none=True)
+    step_name = fields.String(load_default=None, allow_none=True, validate=_text(256))
+    step_description = fields.String(load_default=None, allow_none=True, validate=_text(1024))
 
     @validates_schema(skip_on_field_errors=True)
     def _error_matches_state(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data["state"] == "error" and not data.get("error"):
+        if data["state"] in ERROR_REQUIRED and data.get("error") is None:
             raise ValidationError("Required when state is error.", "error")
-        if data["state"] != "error" and data.get("error") is not None:
-            raise ValidationError("Must be null unless state is error.", "error")
+        if data["state"] not in ERROR_ALLOWED and data.get("error") is not None:
+            raise ValidationError("Must be null unless state is error or terminated.", "error")
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false``, nothing that merely equals one (``1``, ``"true"``)."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class AcquireSchema(Schema):
+    """The body of an acquire: exactly ``{"acquired": true}`` (SPEC 7.1)."""
+
+    acquired = StrictBoolean(required=True, validate=validate.Equal(True, error="Must be true."))
 
 
 class UserId(fields.String):
@@ -172,8 +244,7 @@ class ClaimSchema(Schema):
 # Output schemas. Their validators never run on dump; they state what the
 # answers hold, for the OpenAPI document (jobapi.openapi).
 
-JOB_ID_PATTERN = r"[a-z0-9]{8}\Z"
-_job_id = validate.Regexp(JOB_ID_PATTERN)
+_job_id = validate.Regexp(JOB_ID_PATTERN + r"\Z")
 _state = validate.OneOf(STATES)
 _percent = validate.Range(min=0, max=100)
 
@@ -186,24 +257,55 @@ class Timestamp(fields.Field):
 
 
 class UserRef(fields.Field):
-    """Who a job runs for, as the documents show it: ``{"id": "igboyes"}``."""
+    """Who a job runs for, as the documents show it: ``{"id": "igboyes", "handle": "igboyes"}``."""
 
     def _serialize(self, value: str | None, attr, obj, **kwargs) -> dict[str, str] | None:
-        return None if value is None else {"id": value}
+        return None if value is None else {"id": value, "handle": value}
+
+
+class PingRef(fields.Field):
+    """A job's last heartbeat, as Virtool shows it: null, or ``{"pinged_at": <time>}``."""
+
+    def _serialize(self, value: datetime | None, attr, obj, **kwargs) -> dict[str, str] | None:
+        return None if value is None else {"pinged_at": format_timestamp(value)}
+
+
+class ErrorOut(fields.Field):
+    """A record's error as it was pushed: null, a string, or an object."""
+
+
+class Workflow(fields.String):
+    """The job's task, again, under the name Virtool's documents give it."""
+
+    def serialize(self, attr: str, obj: Any, accessor=None, **kwargs: Any) -> str:
+        return obj.task
+
+
+# The keys a record shows only when its push gave them.
+STEP_FIELDS = ("step_name", "step_description")
 
 
 class StatusOutSchema(Schema):
-    """A stored status record as the API shows it."""
+    """A stored status record as the API shows it; the step fields only when given."""
 
     state = fields.String(validate=_state)
     stage = fields.String(allow_none=True)
-    error = fields.String(allow_none=True)
+    error = ErrorOut(allow_none=True)
     progress = fields.Integer(validate=_percent)
     timestamp = Timestamp()
+    step_name = fields.String()
+    step_description = fields.String()
+
+    @post_dump
+    def _drop_absent_steps(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        for name in STEP_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class JobOutSchema(Schema):
-    """The full job document (SPEC 1.1)."""
+    """The full job document (SPEC 1.1), with Virtool's fields (SPEC 7.2)."""
 
     id = fields.String(validate=_job_id)
     task = fields.String()
@@ -212,6 +314,15 @@ class JobOutSchema(Schema):
     mem = fields.Integer()
     user = UserRef(attribute="user_id")
     status = fields.List(fields.Nested(StatusOutSchema), attribute="statuses")
+    workflow = Workflow()
+    state = fields.String(validate=_state)
+    stage = fields.String(allow_none=True)
+    progress = fields.Integer(validate=_percent)
+    created_at = Timestamp()
+    acquired = fields.Boolean()
+    archived = fields.Constant(False)
+    rights = fields.Constant({})
+    ping = PingRef(attribute="pinged_at", allow_none=True)
 
 
 class NewJobSchema(JobOutSchema):
@@ -263,6 +374,33 @@ class ErrorSchema(Schema):
     state = fields.String(validate=_state)
 
 
+# The probes' answers (they build them by hand; these document them).
+
+
+class HealthSchema(Schema):
+    """The process is up."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    version = fields.String(required=True, metadata={"description": "The release the process runs."})
+
+
+class ReadySchema(Schema):
+    """The database answers and its migrations are at head."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ready"]))
+    database = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    migrations = fields.String(required=True, validate=validate.OneOf(["head"]))
+
+
+class NotReadySchema(ErrorSchema):
+    """Not ready (503): the error envelope, with what is not ready."""
+
+    database = fields.String(required=True, validate=validate.OneOf(["ok", "unavailable"]))
+    migrations = fields.String(
+        required=True, validate=validate.OneOf(["unknown", "none", "not_at_head"])
+    )
+
+
 status_in_schema = StatusInSchema()
 job_create_schema = JobCreateSchema()
 status_out_schema = StatusOutSchema()
@@ -273,6 +411,7 @@ job_page_schema = JobPageSchema()
 job_list_query_schema = JobListQuerySchema()
 remove_query_schema = RemoveQuerySchema()
 claim_schema = ClaimSchema()
+acquire_schema = AcquireSchema()
 ping_schema = PingSchema()
 
 
@@ -282,13 +421,18 @@ ping_schema = PingSchema()
 
 def status_document(record: Any) -> dict[str, Any]:
     """A status record (mapped object or row) as ``StatusOutSchema`` dumps it."""
-    return {
+    document = {
         "state": record.state,
         "stage": record.stage,
         "error": record.error,
         "progress": record.progress,
         "timestamp": format_timestamp(record.timestamp),
     }
+    if record.step_name is not None:
+        document["step_name"] = record.step_name
+    if record.step_description is not None:
+        document["step_description"] = record.step_description
+    return document
 
 
 def job_document(job: Any, records: Iterable[Any]) -> dict[str, Any]:
@@ -299,6 +443,15 @@ def job_document(job: Any, records: Iterable[Any]) -> dict[str, Any]:
         "args": job.args,
         "proc": job.proc,
         "mem": job.mem,
-        "user": {"id": job.user_id},
+        "user": {"id": job.user_id, "handle": job.user_id},
         "status": [status_document(record) for record in records],
+        "workflow": job.task,
+        "state": job.state,
+        "stage": job.stage,
+        "progress": job.progress,
+        "created_at": format_timestamp(job.created_at),
+        "acquired": job.claimed_at is not None,
+        "archived": False,
+        "rights": {},
+        "ping": None if job.pinged_at is None else {"pinged_at": format_timestamp(job.pinged_at)},
     }

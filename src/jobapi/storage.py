@@ -1,12 +1,19 @@
-"""Database engines per dialect: SQLite pragmas and write transactions, PostgreSQL timeouts."""
+"""Database engines per dialect: SQLite pragmas and write transactions, PostgreSQL timeouts,
+and the faults each can show (a server that stops answering, a file that cannot be written)."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from typing import Any
 
-from sqlalchemy import Engine, event
+import psycopg
+from sqlalchemy import Engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, scoped_session
+
+from .deadline import ConnectionGate, DeadlineConnection, NoAnswer
 
 # Execution option that asks SQLite for the write lock when the transaction begins.
 WRITE_OPTION = "jobapi_write"
@@ -29,6 +36,17 @@ def engine_options(url: str, config: dict[str, Any]) -> dict[str, Any]:
                 "connect_timeout": config["DB_CONNECT_TIMEOUT"],
                 "options": f"-c statement_timeout={config['DB_STATEMENT_TIMEOUT_MS']}",
                 "application_name": "jobapi",
+                # A peer that vanished (a black-holed network, a dead host):
+                # the kernel drops a connection whose sent data goes
+                # unacknowledged this long, and probes idle pooled ones, which
+                # also keeps firewalls from forgetting them. A server that is
+                # frozen but whose kernel still acknowledges is caught by the
+                # response deadline (DeadlineConnection) instead.
+                "tcp_user_timeout": int(config["DB_RESPONSE_TIMEOUT"] * 1000),
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
             },
         )
     elif backend == "sqlite":
@@ -43,10 +61,111 @@ def configure_engine(engine: Engine, config: dict[str, Any]) -> None:
     """Install the per-connection set-up a dialect needs."""
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine, config)
+    elif engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        _configure_postgresql(engine, config)
+
+
+# PostgreSQL
+
+# PostgreSQL's "cannot execute ... in a read-only transaction".
+READ_ONLY_SQLSTATE = "25006"
+
+# Whether new sessions would be read-only: a standby, or
+# default_transaction_read_only from the most specific of ALTER ROLE ... IN
+# DATABASE, ALTER ROLE, ALTER DATABASE (which a session reads only as it
+# begins, so this one's may be stale), else the server's own setting.
+_POSTGRESQL_READ_ONLY = (
+    """
+    SELECT pg_is_in_recovery(),
+           (SELECT CASE WHEN source IN ('database', 'user', 'database user') THEN boot_val ELSE setting END
+              FROM pg_settings WHERE name = 'default_transaction_read_only'),
+           (SELECT split_part(setting, '=', 2)
+              FROM pg_db_role_setting s, unnest(s.setconfig) AS setting
+             WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+               AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = current_user))
+               AND split_part(setting, '=', 1) = 'default_transaction_read_only'
+             ORDER BY s.setrole <> 0 DESC, s.setdatabase <> 0 DESC
+             LIMIT 1)
+    """
+)
+
+
+def _configure_postgresql(engine: Engine, config: dict[str, Any]) -> None:
+    response_timeout = config["DB_RESPONSE_TIMEOUT"]
+    gate = ConnectionGate(connect_timeout=config["DB_CONNECT_TIMEOUT"])
+
+    @event.listens_for(engine, "do_connect")
+    def connect(_dialect, _record, cargs, cparams):
+        connection = gate.connect(lambda: DeadlineConnection.connect(*cargs, **cparams))
+        connection.response_timeout = response_timeout
+        return connection
+
+    @event.listens_for(engine, "handle_error")
+    def on_error(context):
+        error = context.original_exception
+        if isinstance(error, NoAnswer):
+            gate.not_answering()
+        # A session begun while the database was read-only stays read-only:
+        # drop it (and the pool with it), so that once writes are allowed
+        # again new sessions take their places.
+        if getattr(error, "sqlstate", None) == READ_ONLY_SQLSTATE:
+            context.is_disconnect = True
+
+    @event.listens_for(engine, "checkout")
+    def replace_read_only(dbapi_connection, _record, _proxy):
+        # Such a session may also sit in the pool, taken by a read: once new
+        # sessions may write, replace it rather than fail a write with it.
+        # The server reports the setting, so this costs a query only then.
+        if dbapi_connection.info.parameter_status("default_transaction_read_only") != "on":
+            return
+        try:
+            with dbapi_connection.cursor() as cursor:
+                row = cursor.execute(_POSTGRESQL_READ_ONLY).fetchone()
+            dbapi_connection.rollback()
+        except psycopg.Error as error:
+            raise sa_exc.DisconnectionError(str(error)) from error
+        if _postgresql_read_only(*row) is None:
+            raise sa_exc.DisconnectionError("a read-only session; the database takes writes again")
+
+
+# SQLite
+
+# SQLite's primary result codes after which a connection is replaced: one
+# opened while its file could not be written stays read-only for good.
+_SQLITE_REPLACE_AFTER = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})
+
+# Below this much free space, the next writes (their WAL frames) may fail.
+SQLITE_MIN_FREE_BYTES = 1024 * 1024
+
+# connection record info key: the file was not writable when the connection was opened.
+_OPENED_READ_ONLY = "jobapi_opened_read_only"
 
 
 def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
     busy_ms = int(config["SQLITE_BUSY_TIMEOUT"] * 1000)
+    path = engine.url.database or ""
+    on_disk = path not in ("", ":memory:") and not path.startswith("file:")
+
+    if on_disk:
+
+        @event.listens_for(engine, "do_connect")
+        def note_writability(_dialect, record, _cargs, _cparams):
+            # SQLite opens a file it may not write read-only, and the
+            # connection stays so; the checkout below replaces it once the
+            # file can be written again.
+            record.info[_OPENED_READ_ONLY] = sqlite_read_only(path) is not None
+
+        @event.listens_for(engine, "checkout")
+        def replace_read_only(_dbapi_connection, record, _proxy):
+            if record.info.get(_OPENED_READ_ONLY) and sqlite_read_only(path) is None:
+                raise sa_exc.DisconnectionError("opened read-only; the file is writable again")
+
+    @event.listens_for(engine, "handle_error")
+    def on_error(context):
+        error = context.original_exception
+        code = getattr(error, "sqlite_errorcode", None)
+        if isinstance(error, sqlite3.Error) and code is not None and code & 0xFF in _SQLITE_REPLACE_AFTER:
+            context.is_disconnect = True
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):  # pragma: no cover - exercised via SQLite tests
@@ -96,3 +215,74 @@ def begin_read(session: Session) -> None:
     if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
         return
     session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+# PostgreSQL's undefined table, column and object; SQLite's words for them.
+_MISSING_SCHEMA_SQLSTATES = frozenset({"42P01", "42703", "42704"})
+_MISSING_SCHEMA_SQLITE = ("no such table", "no such column", "has no column named")
+
+
+def names_missing_schema(error: sa_exc.DBAPIError) -> bool:
+    """The database answered that a table, column or type the statement names does not exist."""
+    if getattr(error.orig, "sqlstate", None) in _MISSING_SCHEMA_SQLSTATES:
+        return True
+    message = str(error.orig)
+    return isinstance(error.orig, sqlite3.OperationalError) and any(
+        words in message for words in _MISSING_SCHEMA_SQLITE
+    )
+
+
+def sqlite_read_only(path: str) -> str | None:
+    """Why the SQLite file at ``path`` (or its WAL files, or its folder) cannot be written, or None."""
+    directory = os.path.dirname(os.path.abspath(path))
+    for candidate in (path, path + "-wal", path + "-shm"):
+        # access() also says no to root on a read-only or immutable file.
+        if os.path.exists(candidate) and not os.access(candidate, os.W_OK):
+            return f"{os.path.basename(candidate)} is read-only"
+    if not os.access(directory, os.W_OK):
+        return f"{directory} is read-only"
+    return None
+
+
+def sqlite_disk_full(path: str) -> str | None:
+    """Why the file system of the SQLite file at ``path`` has no room for writes, or None."""
+    stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    # root may use the blocks reserved for it; anyone else only the rest.
+    blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+    free = blocks * stats.f_frsize
+    if free < SQLITE_MIN_FREE_BYTES:
+        return f"only {free} bytes free on its disk"
+    return None
+
+
+def write_problem(session: Session) -> str | None:
+    """Why a write would fail now though the database answers, or None: a check for /readyz.
+
+    SQLite: the file, its WAL files or its folder are read-only, or its disk
+    is full. PostgreSQL: the server is a standby, or new sessions are
+    read-only (``default_transaction_read_only`` from ALTER DATABASE or ALTER
+    ROLE, which existing sessions do not see, or from the server's settings).
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "sqlite":
+        path = bind.url.database or ""
+        if path in ("", ":memory:") or path.startswith("file:"):
+            return None
+        return sqlite_read_only(path) or sqlite_disk_full(path)
+    if bind.dialect.name == "postgresql":
+        return _postgresql_read_only(*session.execute(text(_POSTGRESQL_READ_ONLY)).one())
+    return None
+
+
+def _postgresql_read_only(in_recovery: bool, server_default: str, stored_default: str | None) -> str | None:
+    if in_recovery:
+        return "the server is a read-only standby"
+    if _postgresql_true(stored_default if stored_default is not None else server_default):
+        return "new sessions are read-only (default_transaction_read_only)"
+    return None
+
+
+def _postgresql_true(value: str) -> bool:
+    # PostgreSQL takes any unambiguous prefix of true/yes, and on and 1.
+    value = value.strip().lower()
+    return value in ("on", "1") or (value != "" and ("true".startswith(value) or "yes".startswith(value)))

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import click
 from sqlalchemy.orm import Session
 
-from . import service
-from .errors import NotFound
+from .exceptions import JobNotFound
+from .jobs import service
 from .models import Job, JobStatus
 
 BAR_WIDTH = 20
@@ -56,7 +56,7 @@ def watch_job(
     """Show a job's line each time it changes until the job finishes; return it then.
 
     On a terminal the line is redrawn in place; elsewhere (a pipe, a log)
-    each change is a new line. Raises ``NotFound`` for an unknown job, or
+    each change is a new line. Raises ``JobNotFound`` for an unknown job, or
     one removed while watched.
     """
     in_place = _is_terminal()
@@ -69,7 +69,7 @@ def watch_job(
             session.expunge_all()
             job = service.get_job(session, job_id)
             if job is None:
-                raise NotFound(f"Job {job_id} not found" if shown is None else f"Job {job_id} was removed")
+                raise JobNotFound(job_id, "Not found" if shown is None else f"Job {job_id} was removed")
             line = watch_line(job)
             if line != shown:
                 if in_place:

@@ -1,43 +1,125 @@
-"""Routes of the jobs blueprint. The ``authenticate`` hook has already admitted the caller
-(and put the job on ``g`` for a job's own requests); views load input, call the service,
-commit, and dump output."""
+"""The jobs blueprint's routes.
+
+The ``admit_request`` hook has already admitted the caller, read and
+checked the body, and put the job on ``g`` (locked, for a request that
+writes); views call one service function and dump its answer. The
+request's transaction is committed or rolled back when the request ends
+(``jobapi.transaction``), not here.
+"""
 
 from __future__ import annotations
 
-from flask import g, request, url_for
+from flask import current_app, g, request, url_for
+from sqlalchemy import inspect
+from werkzeug.routing import BaseConverter
 
-from .. import service
-from ..auth import IDEMPOTENCY_HEADER, allow, valid_idempotency_key
-from ..errors import InvalidInput, NotFound
+from ..auth import (
+    IDEMPOTENCY_HEADER,
+    admit_request,
+    allow,
+    takes_json,
+    valid_idempotency_key,
+)
+from ..errors import InvalidInput
 from ..extensions import db
-from ..payload import json_object
+from ..models import JOB_ID_PATTERN
+from ..observability import record_stored_push
+from ..openapi import IDEMPOTENCY_PARAMETER, Blueprint
 from ..schemas import (
+    JobListQuerySchema,
+    JobOutSchema,
+    JobPageSchema,
+    NewJobSchema,
+    PingSchema,
+    RemoveQuerySchema,
+    StatusOutSchema,
+    acquire_schema,
     claim_schema,
     job_create_schema,
-    job_list_query_schema,
     job_document,
+    job_list_query_schema,
     job_page_schema,
-    new_job_schema,
     ping_schema,
     remove_query_schema,
-    status_in_schema,
     status_document,
-    status_out_schema,
+    status_in_schema,
 )
-from . import bp
+from . import pages, service
+
+
+class JobIdConverter(BaseConverter):
+    """A job id in a path: any segment but the fixed routes beside it (``/api/jobs/claim``),
+    so that ``GET /api/jobs/claim`` is 405, not a read of a job named "claim".
+
+    Any other segment matches, so that a malformed id is 404 after the
+    credentials are checked (SPEC 2), not a routing 404 before them.
+    """
+
+    # Excluded in the pattern itself, so that every use of the URL map agrees
+    # (matching, and the Allow header it computes for OPTIONS and 405).
+    regex = r"(?!claim(?:/|$))[^/]+"
+    # What a well-formed id looks like, for the OpenAPI document.
+    shape = JOB_ID_PATTERN
+
+
+bp = Blueprint("jobs", __name__)
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("job_id", JobIdConverter))
+bp.before_request(admit_request)
+
+
+@bp.after_request
+def add_job_state(response):
+    """Tell the caller the state of the job the request reached, on every answer but a 5xx.
+
+    The state is read from what is loaded, never with a query: after a
+    rollback the job is expired, and the database may be gone.
+    """
+    job = g.get("job")
+    if job is None or response.status_code >= 500:
+        return response
+    loaded = inspect(job)
+    state = loaded.dict.get("state")
+    if state is not None and not loaded.deleted and not loaded.was_deleted:
+        response.headers["Job-State"] = state
+    return response
+
+
+def _new_job_document(new: service.NewJob) -> dict:
+    document = job_document(new.job, service.status_history(db.session, new.job.id))
+    # The key is no attribute of the job (only its digest is stored): it is shown this once.
+    document["key"] = new.key
+    return document
+
+
+def _no_content():
+    # A 204 has no body, so it names no media type either.
+    response = current_app.response_class(status=204)
+    response.headers.remove("Content-Type")
+    return response
+
+
+def _query(schema) -> dict:
+    return schema.load(request.args.to_dict(flat=True))
+
 
 # A job's own routes (HTTP Basic job key), which operators may read too.
 
 
-@bp.get("/jobs/<job_id:job_id>")
+@bp.get("/jobs/<job_id:job_id>", tags=["jobs"])
+@bp.answers(200, JobOutSchema, "The job's document.", headers=["JobState"])
+@bp.refuses(404)
 @allow(job=True, roles=["operator"])
 def get_job(job_id: str):
     """The job's full document with every status record, oldest first."""
     return job_document(g.job, service.status_history(db.session, g.job.id))
 
 
-@bp.post("/jobs/<job_id:job_id>/status")
+@bp.post("/jobs/<job_id:job_id>/status", tags=["jobs"])
+@bp.answers(200, StatusOutSchema, "The stored record.", headers=["JobState"])
+@bp.refuses(400, 404, 409, 415, 422, job_state=(400, 409, 415, 422))
+@bp.doc(parameters=[IDEMPOTENCY_PARAMETER])
 @allow(job=True)
+@takes_json(status_in_schema)
 def push_status(job_id: str):
     """Append a status record to the job, if its state allows the move.
 
@@ -49,100 +131,103 @@ def push_status(job_id: str):
         raise InvalidInput(
             errors={IDEMPOTENCY_HEADER: ["Must be 1 to 128 printable ASCII characters."]}
         )
-    data = status_in_schema.load(json_object())
-    try:
-        record = service.push_status(
-            db.session, g.locked_job, idempotency_key=idempotency_key, **data
-        )
-    except service.ConcurrentRetry:
-        db.session.rollback()
-        g.locked_job = service.lock_job(db.session, job_id, idempotency_key=idempotency_key)
-        g.job = g.locked_job.job
-        if g.job is None:
-            raise NotFound() from None
-        record = service.push_status(
-            db.session, g.locked_job, idempotency_key=idempotency_key, **data
-        )
-    db.session.commit()
-    return status_document(record)
+    pushed = service.push_status(
+        db.session,
+        g.locked_job,
+        g.body,
+        idempotency_key=idempotency_key,
+        max_records=current_app.config["JOB_MAX_STATUS_RECORDS"],
+    )
+    if pushed.stored:
+        record_stored_push(pushed.record.state)
+    return status_document(pushed.record)
 
 
-@bp.put("/jobs/<job_id:job_id>/ping")
+@bp.put("/jobs/<job_id:job_id>/ping", tags=["jobs"])
+@bp.answers(200, PingSchema, "The heartbeat is recorded.", headers=["JobState"])
+@bp.refuses(404, 409, job_state=(409,))
 @allow(job=True)
 def ping(job_id: str):
     """Record a heartbeat: the job is still alive. Any body is ignored."""
     pinged_at = service.ping_job(db.session, g.job)
-    db.session.commit()
     return ping_schema.dump({"state": g.job.state, "pinged_at": pinged_at})
+
+
+@bp.patch("/jobs/<job_id:job_id>", tags=["workers"])
+@bp.answers(200, NewJobSchema, "The job's document and a fresh key; every key it had stops working.",
+            headers=["JobState"])
+@bp.refuses(400, 404, 409, 415, 422, job_state=(400, 409, 415, 422))
+@allow(roles=["runner"], open_when=("JOB_ACQUIRE", "open"))
+@takes_json(acquire_schema)
+def acquire_job(job_id: str):
+    """Acquire a waiting job by its id: its document and a fresh key; every older key stops working.
+
+    Virtool's workers take their job this way. With ``JOB_ACQUIRE=runner``
+    (the default) it needs a runner token; with ``JOB_ACQUIRE=open`` anyone
+    who reaches the API may acquire a job whose id they know.
+    """
+    g.body.load()
+    runner = g.caller.name if g.caller is not None else None
+    return _new_job_document(service.acquire_job(db.session, g.job, runner=runner))
 
 
 # Operators (bearer token, role operator)
 
 
-def _query(schema):
-    return schema.load(request.args.to_dict(flat=True))
-
-
-def _new_job_document(new: service.NewJob) -> dict:
-    document = new_job_schema.dump(new.job)
-    # The key is no attribute of the job (only its digest is stored): it is shown this once.
-    document["key"] = new.key
-    return document
-
-
-@bp.post("/jobs")
+@bp.post("/jobs", tags=["operators"])
+@bp.answers(201, NewJobSchema, "The job made, with its key (shown only this once).", headers=["Location"])
+@bp.refuses(400, 415, 422)
 @allow(roles=["operator"])
+@takes_json(job_create_schema)
 def create_job():
     """Make a job; the answer carries its key, shown only this once."""
-    data = job_create_schema.load(json_object())
-    new = service.create_job(db.session, **data)
-    db.session.commit()
+    new = service.create_job(db.session, **g.body.load())
     return _new_job_document(new), 201, {"Location": url_for("jobs.get_job", job_id=new.job.id)}
 
 
-@bp.get("/jobs")
+@bp.get("/jobs", tags=["operators"])
+@bp.answers(200, JobPageSchema, "A page of jobs, newest first.")
+@bp.refuses(422)
+@bp.query(JobListQuerySchema)
 @allow(roles=["operator"])
 def list_jobs():
     """Jobs newest first with their current state, a page at a time."""
-    query = _query(job_list_query_schema)
-    try:
-        page = service.list_jobs(db.session, **query)
-    except service.InvalidCursor:
-        raise InvalidInput(errors={"cursor": ["Not a cursor this service made."]}) from None
-    return job_page_schema.dump(page)
+    return job_page_schema.dump(pages.list_jobs(db.session, **_query(job_list_query_schema)))
 
 
-@bp.post("/jobs/<job_id:job_id>/cancel")
+@bp.post("/jobs/<job_id:job_id>/cancel", tags=["operators"])
+@bp.answers(200, StatusOutSchema, "The `cancelled` record (the existing one if already cancelled).",
+            headers=["JobState"])
+@bp.refuses(404, 409, job_state=(409,))
 @allow(roles=["operator"])
 def cancel_job(job_id: str):
-    """Cancel a waiting or running job; cancelling a cancelled job answers its record again."""
-    outcome = service.cancel_job(db.session, job_id)
-    db.session.commit()
-    g.job = outcome.job
-    return status_out_schema.dump(outcome.record)
+    """Cancel a job that is not finished; cancelling a cancelled job answers its record again."""
+    return status_document(service.cancel_job(db.session, job_id).record)
 
 
-@bp.delete("/jobs/<job_id:job_id>")
+@bp.delete("/jobs/<job_id:job_id>", tags=["operators"])
+@bp.answers(204, None, "The job and its records are deleted.")
+@bp.refuses(404, 409, 422)
+@bp.query(RemoveQuerySchema)
 @allow(roles=["operator"])
 def remove_job(job_id: str):
     """Delete a finished job and its records (any job with ``?force=true``)."""
-    query = _query(remove_query_schema)
-    service.remove_job(db.session, job_id, force=query["force"])
-    db.session.commit()
-    return "", 204
+    service.remove_job(db.session, job_id, force=_query(remove_query_schema)["force"])
+    return _no_content()
 
 
 # Runners (bearer token, role runner)
 
 
-@bp.post("/jobs/claim")
+@bp.post("/jobs/claim", tags=["runners"])
+@bp.answers(200, NewJobSchema, "The claimed job, with a fresh key; the key it had stops working.")
+@bp.answers(204, None, "No waiting job fits.")
+@bp.refuses(400, 415, 422)
 @allow(roles=["runner"])
+@takes_json(claim_schema)
 def claim_job():
     """Hand the runner the oldest waiting job it can run, with a fresh key; 204 if none."""
-    data = claim_schema.load(json_object())
-    new = service.claim_job(db.session, runner=g.token.name, **data)
+    new = service.claim_job(db.session, runner=g.caller.name, **g.body.load())
     if new is None:
-        db.session.rollback()
-        return "", 204
-    db.session.commit()
+        return _no_content()
     return _new_job_document(new)

@@ -1,0 +1,25 @@
+"""The operator console: server-rendered pages to sign in, watch jobs live, read their
+timelines, make, cancel and remove them. Its routes are for people, not part of the API."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, redirect, url_for
+
+from ..extensions import csrf
+
+bp = Blueprint("console", __name__)
+
+
+def init_console(app: Flask) -> None:
+    """CSRF checks for the console's forms, its pages at ``/console/``, and ``/`` leading there."""
+    csrf.init_app(app)
+    app.register_blueprint(bp, url_prefix="/console")
+    app.add_url_rule("/", endpoint="index", view_func=_index)
+
+
+def _index():
+    """The site's root: the console."""
+    return redirect(url_for("console.jobs"))
+
+
+from . import views  # noqa: E402,F401  (registers the routes and hooks on bp)

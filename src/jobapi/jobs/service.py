@@ -1,0 +1,500 @@
+"""The rules of jobs: making them, locking them, pushing status through the state machine,
+heartbeats, acquiring and claiming, cancelling, removing and new keys.
+
+Views, console pages and CLI commands all call these functions. They take
+the session, raise the domain's exceptions (``jobapi.exceptions``), and
+flush; the caller (a request, a command) commits or rolls back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import and_, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import set_committed_value
+
+from ..exceptions import (
+    AlreadyAcquired,
+    IdempotencyKeyReused,
+    JobFinished,
+    JobNotFound,
+    JobNotWaiting,
+    JobStateError,
+    JobStillActive,
+    TooManyRecords,
+)
+from ..keys import hash_key, make_key
+from ..models import JOB_ID_PATTERN, Job, JobStatus, utcnow
+from ..storage import begin_write
+from .states import check_transition
+
+ID_ALPHABET = string.ascii_lowercase + string.digits
+ID_LENGTH = 8
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+# The columns of a status record, in the order documents show them.
+STATUS_COLUMNS = ("state", "stage", "error", "progress", "timestamp", "step_name", "step_description")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job just made, acquired or claimed, and its key, which is never shown again."""
+
+    job: Job
+    key: str
+
+
+@dataclass(frozen=True)
+class LockedJob:
+    """A job whose row is locked, and the record an Idempotency-Key already made (if any)."""
+
+    job: Job | None
+    replay: JobStatus | None = None
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """The record a push answers with, and whether this push stored it (False: a replay)."""
+
+    record: JobStatus
+    stored: bool
+
+
+def is_job_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a job id (anything else names no job)."""
+    return _JOB_ID.fullmatch(value) is not None
+
+
+def new_job_id() -> str:
+    """A random job id: 8 characters of a-z and 0-9."""
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+
+
+# The statements of the hot paths, built once: only their parameters change.
+_LOCK_JOB_WHOLE = (
+    select(Job)
+    .where(Job.id == bindparam("job_id"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+# A job's own writes (pushes, pings) never need its arguments.
+_LOCK_JOB = _LOCK_JOB_WHOLE.options(defer(Job.args))
+_LOCK_JOB_WITH_REPLAY = (
+    select(Job, JobStatus)
+    .options(defer(Job.args))
+    .outerjoin(
+        JobStatus,
+        and_(JobStatus.job_id == Job.id, JobStatus.idempotency_key == bindparam("key")),
+    )
+    .where(Job.id == bindparam("job_id"))
+    .with_for_update(of=Job)
+    .execution_options(populate_existing=True)
+)
+_FIND_REPLAY = select(JobStatus).where(
+    JobStatus.job_id == bindparam("job_id"), JobStatus.idempotency_key == bindparam("key")
+).execution_options(populate_existing=True)
+_STATUS_TABLE = JobStatus.__table__
+_HISTORY = (
+    select(*(_STATUS_TABLE.c[name] for name in STATUS_COLUMNS))
+    .where(_STATUS_TABLE.c.job_id == bindparam("job_id"))
+    .order_by(_STATUS_TABLE.c.seq)
+)
+# A keyed push that lost a race to its own retry stores nothing, and says so
+# by inserting no row, rather than by an error that would end the transaction.
+_INSERT_STATUS = {
+    dialect.__name__.rpartition(".")[2]: dialect.insert(_STATUS_TABLE)
+    .on_conflict_do_nothing(index_elements=["job_id", "idempotency_key"])
+    .returning(_STATUS_TABLE.c.seq)
+    for dialect in (postgresql, sqlite)
+}
+_UPDATE_CURRENT = (
+    Job.__table__.update()
+    .where(Job.__table__.c.id == bindparam("job_id"))
+    .values(
+        state=bindparam("new_state"),
+        stage=bindparam("new_stage"),
+        progress=bindparam("new_progress"),
+        updated_at=bindparam("new_updated_at"),
+        status_count=bindparam("new_status_count"),
+    )
+)
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    """The job with this id, or None."""
+    if not is_job_id(job_id):
+        return None
+    return session.get(Job, job_id)
+
+
+def require_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
+    """Like ``get_job`` (or ``lock_job``), but a missing job is ``JobNotFound``."""
+    job = lock_job(session, job_id).job if lock else get_job(session, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def lock_job(
+    session: Session, job_id: str, *, idempotency_key: str | None = None, whole: bool = False
+) -> LockedJob:
+    """The job with this id, its row locked until the transaction ends.
+
+    With an Idempotency-Key, the record that key made (if any) comes in the
+    same statement. The job's arguments are left unread unless ``whole``.
+    This begins the transaction as a writing one (on SQLite it takes the
+    write lock), so it comes first.
+    """
+    begin_write(session)
+    if not is_job_id(job_id):
+        return LockedJob(job=None)
+    if idempotency_key is None:
+        statement = _LOCK_JOB_WHOLE if whole else _LOCK_JOB
+        return LockedJob(job=session.scalars(statement, {"job_id": job_id}).one_or_none())
+    row = session.execute(
+        _LOCK_JOB_WITH_REPLAY, {"job_id": job_id, "key": idempotency_key}
+    ).one_or_none()
+    if row is None:
+        return LockedJob(job=None)
+    return LockedJob(job=row[0], replay=row[1])
+
+
+def create_job(
+    session: Session,
+    *,
+    task: str,
+    user: str,
+    args: dict[str, Any] | None = None,
+    proc: int = 1,
+    mem: int = 1,
+) -> NewJob:
+    """Make a job in the ``waiting`` state with its first record and a new key."""
+    begin_write(session)
+    job_id = new_job_id()
+    while session.get(Job, job_id) is not None:
+        job_id = new_job_id()
+    key = make_key()
+    now = utcnow()
+    job = Job(
+        id=job_id, task=task, args=args or {}, proc=proc, mem=mem, user_id=user,
+        key_digest=hash_key(key), created_at=now, state="waiting", stage=None,
+        progress=0, updated_at=now, status_count=1,
+    )
+    session.add(job)
+    session.add(
+        JobStatus(
+            job_id=job_id, seq=1, state="waiting", stage=None, error=None,
+            progress=0, timestamp=now,
+        )
+    )
+    session.flush()
+    return NewJob(job=job, key=key)
+
+
+def request_digest(push: Mapping[str, Any]) -> str:
+    """A digest of a push's content, to tell a retry from a reuse of its key.
+
+    A push without step fields digests as records stored before they existed did.
+    """
+    values = [push["state"], push["stage"], push["progress"], push.get("error")]
+    if push.get("step_name") is not None or push.get("step_description") is not None:
+        values += [push.get("step_name"), push.get("step_description")]
+    canonical = json.dumps(values, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def append_status(
+    session: Session,
+    job: Job,
+    *,
+    state: str,
+    stage: str | None,
+    progress: int,
+    error: Any = None,
+    step_name: str | None = None,
+    step_description: str | None = None,
+    idempotency_key: str | None = None,
+    digest: str | None = None,
+) -> JobStatus | None:
+    """Append a record to a locked job and make it the job's current state.
+
+    Returns None, writing nothing, when the Idempotency-Key already stored a
+    record (a concurrent retry got there first). The timestamp never goes
+    back in time within a job, even if the clocks of the machines serving it
+    disagree.
+    """
+    timestamp = max(utcnow(), job.updated_at)
+    values = {
+        "job_id": job.id,
+        "seq": job.status_count + 1,
+        "state": state,
+        "stage": stage,
+        "error": error,
+        "progress": progress,
+        "timestamp": timestamp,
+        "step_name": step_name,
+        "step_description": step_description,
+        "idempotency_key": idempotency_key,
+        "request_digest": digest if idempotency_key else None,
+    }
+    # Two plain statements rather than a unit-of-work flush: a push is the
+    # most frequent write, and its row lock is held until commit.
+    inserted = session.execute(_INSERT_STATUS[session.get_bind().dialect.name], values)
+    if inserted.first() is None:
+        return None
+    current = {
+        "state": state,
+        "stage": stage,
+        "progress": progress,
+        "updated_at": timestamp,
+        "status_count": values["seq"],
+    }
+    session.execute(
+        _UPDATE_CURRENT, {"job_id": job.id, **{f"new_{k}": v for k, v in current.items()}}
+    )
+    for name, value in current.items():
+        set_committed_value(job, name, value)
+    return JobStatus(**values)
+
+
+def find_replay(session: Session, job_id: str, idempotency_key: str) -> JobStatus | None:
+    """The record an Idempotency-Key stored for this job, read anew (it may be a moment old)."""
+    return session.scalars(_FIND_REPLAY, {"job_id": job_id, "key": idempotency_key}).first()
+
+
+def _replayed(replay: JobStatus, push: Mapping[str, Any]) -> Pushed:
+    if replay.request_digest != request_digest(push):
+        raise IdempotencyKeyReused()
+    return Pushed(record=replay, stored=False)
+
+
+class PushBody(Protocol):
+    """What a push sent: whether it was a JSON object, and its checked fields (or why not)."""
+
+    @property
+    def is_object(self) -> bool: ...
+
+    def load(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class PushFields:
+    """A push whose fields were checked elsewhere (a command, a console form, a test)."""
+
+    fields: Mapping[str, Any]
+    is_object: bool = True
+
+    def load(self) -> Mapping[str, Any]:
+        return self.fields
+
+
+def push_status(
+    session: Session,
+    locked: LockedJob,
+    body: PushBody,
+    *,
+    idempotency_key: str | None = None,
+    max_records: int | None = None,
+) -> Pushed:
+    """A job's own push: replay a retried one, or check it and append it.
+
+    ``locked`` comes from ``lock_job`` in this transaction, with the same
+    Idempotency-Key. The answers come in this order (SPEC 7.3): a retry
+    (same key, same content) gets the record it made the first time,
+    whatever has happened since, and the same key with other content is
+    refused; then a finished job refuses any JSON object; then the fields
+    are checked; then the move, then the job's history cap.
+    """
+    job = locked.job
+    assert job is not None
+    try:
+        push: Mapping[str, Any] | None = body.load()
+        refusal: Exception | None = None
+    except Exception as error:  # the body's own refusal, raised below in its turn
+        push, refusal = None, error
+
+    if locked.replay is not None:
+        if push is None:
+            raise refusal  # type: ignore[misc]
+        return _replayed(locked.replay, push)
+    if not body.is_object:
+        raise refusal  # type: ignore[misc]
+
+    def refuse(error: JobStateError) -> Pushed:
+        # On PostgreSQL the lock query read the records from a snapshot taken
+        # before it waited for the lock: a retry of this very push that
+        # committed meanwhile was not seen. Look once more before refusing.
+        if idempotency_key is not None and push is not None:
+            replay = find_replay(session, job.id, idempotency_key)
+            if replay is not None:
+                return _replayed(replay, push)
+        raise error
+
+    if job.finished:
+        return refuse(JobFinished(job.state))
+    if push is None:
+        raise refusal  # type: ignore[misc]
+    try:
+        check_transition(job.state, push["state"])
+    except JobStateError as error:
+        return refuse(error)
+    if max_records is not None and job.status_count >= max_records:
+        return refuse(TooManyRecords(job.state, max_records))
+    record = append_status(
+        session, job, state=push["state"], stage=push["stage"], progress=push["progress"],
+        error=push.get("error"), step_name=push.get("step_name"),
+        step_description=push.get("step_description"),
+        idempotency_key=idempotency_key,
+        digest=request_digest(push) if idempotency_key else None,
+    )
+    if record is None:
+        # The insert met this key: a concurrent retry stored the record first.
+        assert idempotency_key is not None
+        replay = find_replay(session, job.id, idempotency_key)
+        assert replay is not None
+        return _replayed(replay, push)
+    return Pushed(record=record, stored=True)
+
+
+def ping_job(session: Session, job: Job) -> datetime:
+    """Record a heartbeat of a locked job that is not finished; return its time."""
+    if job.finished:
+        raise JobFinished(job.state)
+    job.pinged_at = max(utcnow(), job.updated_at)
+    session.flush()
+    return job.pinged_at
+
+
+def key_expired(job: Job, grace_seconds: float, now: datetime | None = None) -> bool:
+    """Whether a finished job's key has outlived its grace period."""
+    if not job.finished:
+        return False
+    return (now or utcnow()) - job.updated_at > timedelta(seconds=grace_seconds)
+
+
+def _replace_key(job: Job) -> str:
+    key = make_key()
+    job.replaced_key_digest = job.key_digest
+    job.key_digest = hash_key(key)
+    return key
+
+
+def rotate_key(session: Session, job_id: str) -> str:
+    """Give a job that is not finished a new key; the old one stops working when this commits."""
+    job = require_job(session, job_id, lock=True)
+    if job.finished:
+        raise JobFinished(job.state)
+    key = _replace_key(job)
+    session.flush()
+    return key
+
+
+def acquire_job(session: Session, job: Job, *, runner: str | None = None) -> NewJob:
+    """A worker takes a waiting job, locked by ``lock_job``, and gets a fresh key (SPEC 7.1).
+
+    Acquiring and claiming are one event: a job is taken once. Every key the
+    job had stops working.
+    """
+    if job.acquired:
+        raise AlreadyAcquired()
+    if job.state != "waiting":
+        raise JobNotWaiting(job.state)
+    key = _replace_key(job)
+    job.claimed_by = runner
+    job.claimed_at = utcnow()
+    session.flush()
+    return NewJob(job=job, key=key)
+
+
+def claim_job(
+    session: Session, *, runner: str, tasks: Sequence[str], proc: int, mem: int
+) -> NewJob | None:
+    """Hand a runner the oldest waiting job not yet taken that it can run, with a fresh key.
+
+    On PostgreSQL the candidate row is locked with SKIP LOCKED, so runners
+    claiming at once never get the same job and never wait on each other;
+    on SQLite the write transaction makes claims serial. The job's previous
+    key stops working.
+    """
+    begin_write(session)
+    job = session.scalars(
+        select(Job)
+        .where(
+            Job.state == "waiting",
+            Job.claimed_at.is_(None),
+            Job.task.in_(list(tasks)),
+            Job.proc <= proc,
+            Job.mem <= mem,
+        )
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).first()
+    if job is None:
+        return None
+    key = _replace_key(job)
+    job.claimed_by = runner
+    job.claimed_at = utcnow()
+    session.flush()
+    return NewJob(job=job, key=key)
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """The outcome of a cancel: the job, its cancelled record, and whether it is new."""
+
+    job: Job
+    record: JobStatus
+    changed: bool
+
+
+def cancel_job(session: Session, job_id: str) -> Cancellation:
+    """Cancel a job, keeping its last stage and progress.
+
+    A job already cancelled is left as it is; one that finished otherwise
+    is refused.
+    """
+    job = require_job(session, job_id, lock=True)
+    if job.state == "cancelled":
+        return Cancellation(job=job, record=last_status(session, job), changed=False)
+    if job.finished:
+        raise JobFinished(job.state)
+    record = append_status(
+        session, job, state="cancelled", stage=job.stage, progress=job.progress
+    )
+    assert record is not None
+    return Cancellation(job=job, record=record, changed=True)
+
+
+def remove_job(session: Session, job_id: str, *, force: bool = False) -> None:
+    """Delete a job and all its records; a job not finished only with ``force``."""
+    job = require_job(session, job_id, lock=True)
+    if not job.finished and not force:
+        raise JobStillActive(job.state)
+    session.delete(job)
+    session.flush()
+
+
+def status_history(session: Session, job_id: str) -> Sequence[Any]:
+    """A job's status records, oldest first, as plain rows (one statement, no ORM objects).
+
+    Reading a job is the most frequent request; rows cost a fraction of
+    mapped objects, which matters for jobs with long histories.
+    """
+    return session.execute(_HISTORY, {"job_id": job_id}).all()
+
+
+def last_status(session: Session, job: Job) -> JobStatus:
+    """The job's newest status record."""
+    return session.get_one(JobStatus, (job.id, job.status_count))
