@@ -42,7 +42,7 @@ os.environ.setdefault("DB_POOL_SIZE", str(threads))
 # database answers (or times out) well within it.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))
 # On SIGTERM a worker stops accepting, finishes the requests it has, and
-# exits; deploy/jobapi.service waits as long (TimeoutStopSec) before killing.
+# exits; deploy/jobapi.service waits longer (TimeoutStopSec) before killing.
 graceful_timeout = 20
 # Longer than the proxy's upstream keepalive_timeout (deploy/nginx.conf), so
 # the proxy, not gunicorn, closes idle connections and never sends a request
