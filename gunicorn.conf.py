@@ -28,7 +28,10 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 # the CPU for PostgreSQL and Python busy without processes fighting over it;
 # threads release the GIL while they wait on the database. Fewer processes
 # also mean half the memory and half the database connections of 4x4.
-worker_class = "gthread"
+# gthread's threads, but each request is read whole by the worker's event
+# loop before a thread serves it, so slow or silent clients hold no thread,
+# and gunicorn's own errors are JSON (see src/jobapi/serving.py).
+worker_class = "jobapi.serving.BufferingWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
 threads = int(os.environ.get("GUNICORN_THREADS", 4))
 
@@ -38,8 +41,22 @@ os.environ.setdefault("DB_POOL_SIZE", str(threads))
 # A request blocked longer than this is killed and its worker replaced; the
 # database answers (or times out) well within it.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))
+# On SIGTERM a worker stops accepting, finishes the requests it has, and
+# exits; deploy/jobapi.service waits longer (TimeoutStopSec) before killing.
 graceful_timeout = 20
+# Longer than the proxy's upstream keepalive_timeout (deploy/nginx.conf), so
+# the proxy, not gunicorn, closes idle connections and never sends a request
+# on one gunicorn is closing.
 keepalive = 5
+
+# Only the proxy in front may say a request came over HTTPS: gunicorn sets
+# wsgi.url_scheme from X-Forwarded-Proto when, and only when, the peer's
+# address is listed here (comma-separated addresses or networks, or "*").
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# Only the header deploy/nginx.conf sets; gunicorn's other defaults
+# (X-Forwarded-Ssl, X-Forwarded-Protocol) would let a client's own copy of
+# them, passed through, contradict it and fail the request.
+secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
 
 # Several servers may run on one machine (tests, benchmarks): no shared
 # control socket in the home directory.

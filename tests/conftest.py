@@ -257,9 +257,20 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_gunicorn(database_url: str, log_path: Path, workers: int = 2, threads: int = 4, extra_env: dict[str, str] | None = None) -> LiveServer:
-    """Start ``gunicorn wsgi:app`` with the repository's config; wait until it answers."""
-    port = free_port()
+def start_gunicorn(
+    database_url: str,
+    log_path: Path,
+    workers: int = 2,
+    threads: int = 4,
+    extra_env: dict[str, str] | None = None,
+    port: int | None = None,
+    app_args: tuple[str, ...] = ("wsgi:app",),
+) -> LiveServer:
+    """Start ``gunicorn wsgi:app`` (or ``app_args``) with the repository's config; wait until it answers.
+
+    ``port`` restarts a server on the port it had; by default a free one is taken.
+    """
+    port = port or free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -276,7 +287,7 @@ def start_gunicorn(database_url: str, log_path: Path, workers: int = 2, threads:
             env.pop(variable, None)
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *app_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     log.close()
