@@ -44,10 +44,13 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))
 # On SIGTERM a worker stops accepting, finishes the requests it has, and
 # exits; deploy/jobapi.service waits longer (TimeoutStopSec) before killing.
 graceful_timeout = 20
-# Longer than the proxy's upstream keepalive_timeout (deploy/nginx.conf), so
-# the proxy, not gunicorn, closes idle connections and never sends a request
-# on one gunicorn is closing.
-keepalive = 5
+# Seconds an idle connection is kept. Longer than the proxy's upstream
+# keepalive_timeout (deploy/nginx.conf) and than the idle time of HTTP
+# clients that pool connections (aiohttp's, in Virtool's workers, closes them
+# after 15 s): the client, not gunicorn, closes an idle connection, so none
+# sends a request on a connection gunicorn is closing. Idle connections wait
+# in the worker's event loop, not in its threads.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", 75))
 
 # Only the proxy in front may say a request came over HTTPS: gunicorn sets
 # wsgi.url_scheme from X-Forwarded-Proto when, and only when, the peer's

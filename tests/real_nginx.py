@@ -54,7 +54,9 @@ def render_site(
     block = blocks[0]
     first = SERVER_LINE.search(block)
     assert first, "the upstream block names no server"
-    servers = "".join(f"    server {address};\n" for address in upstreams)
+    # Every instance under test, with the parameters of the file's first server line.
+    parameters = re.match(r"[ \t]*#?[ \t]*server[ \t]+\S+?([^;\n]*);", first.group(0)).group(1)
+    servers = "".join(f"    server {address}{parameters};\n" for address in upstreams)
     rendered = SERVER_LINE.sub("", block[: first.start()]) + servers + SERVER_LINE.sub("", block[first.start():])
     text = text.replace(block, rendered)
 

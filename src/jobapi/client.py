@@ -214,7 +214,7 @@ class JobClient:
         key: str,
         *,
         timeout: float = 10.0,
-        retries: int = 5,
+        retries: int = 8,
         backoff_factor: float = 0.5,
         on_retry: RetryListener | None = None,
     ) -> None:
