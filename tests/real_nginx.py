@@ -158,17 +158,6 @@ def start_nginx(
         raise
 
 
-def reload_nginx(server: Nginx) -> None:
-    """Reload nginx (new worker processes, so no memory of upstreams it saw fail); wait until they serve."""
-    started = server.error_log().count("start worker process")
-    server.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while server.error_log().count("start worker process") <= started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("nginx did not reload:\n" + server.error_log())
-        time.sleep(0.05)
-
-
 def stop_nginx(server: Nginx) -> None:
     """Stop nginx (fast shutdown), killing it if it lingers."""
     if server.process.poll() is None:
