@@ -55,7 +55,7 @@ def render_site(
     first = SERVER_LINE.search(block)
     assert first, "the upstream block names no server"
     # Every instance under test, with the parameters of the file's first server line.
-    parameters = re.match(r"[ \t]*#?[ \t]*server[ \t]+\S+?([^;\n]*);", first.group(0)).group(1)
+    parameters = re.match(r"[ \t]*#?[ \t]*server[ \t]+[^\s;]+([^;\n]*);", first.group(0)).group(1)
     servers = "".join(f"    server {address}{parameters};\n" for address in upstreams)
     rendered = SERVER_LINE.sub("", block[: first.start()]) + servers + SERVER_LINE.sub("", block[first.start():])
     text = text.replace(block, rendered)

@@ -58,11 +58,11 @@ def proxy(live_server, tmp_path_factory) -> Iterator[Nginx]:
 def test_the_site_file_follows_its_convention():
     text = Path(__file__).resolve().parents[1].joinpath("deploy", "nginx.conf").read_text()
     assert len(re.findall(r"^upstream jobapi \{", text, re.MULTILINE)) == 1
-    assert re.search(r"^\s*server 127\.0\.0\.1:8000;", text, re.MULTILINE)
+    assert re.search(r"^\s*server 127\.0\.0\.1:8000( [^;]*)?;", text, re.MULTILINE)
     assert len(re.findall(r"^\s*listen\s", text, re.MULTILINE)) == 1
     rendered = render_site(["127.0.0.1:1111", "127.0.0.1:2222"], "127.0.0.1:3333")
     upstream = re.search(r"^upstream jobapi \{.*?^\}", rendered, re.MULTILINE | re.DOTALL).group(0)
-    assert re.findall(r"^\s*server (\S+);", upstream, re.MULTILINE) == ["127.0.0.1:1111", "127.0.0.1:2222"]
+    assert re.findall(r"^\s*server (\S+) max_fails=0;", upstream, re.MULTILINE) == ["127.0.0.1:1111", "127.0.0.1:2222"]
     assert "listen 127.0.0.1:3333;" in rendered
 
 

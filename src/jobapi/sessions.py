@@ -14,8 +14,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from flask import Flask, request
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ def instance_secret_key(path: str | os.PathLike[str]) -> str:
     return key
 
 
+# Where the console's pages are: the only routes with a session.
+CONSOLE_PATH = "/console"
+
+
 class ConsoleSessionInterface(SecureCookieSessionInterface):
     """Flask's signed cookie, scoped to the console and Secure whenever the request was HTTPS.
 
@@ -69,12 +73,18 @@ class ConsoleSessionInterface(SecureCookieSessionInterface):
     its ``forwarded_allow_ips``).
     """
 
+    def open_session(self, app: Flask, incoming: Request) -> SecureCookieSession | None:
+        """The console's session; no other route has one (the API's requests pay nothing for it)."""
+        if not incoming.path.startswith(CONSOLE_PATH):
+            return None  # Flask gives the request a null session, which is never saved
+        return super().open_session(app, incoming)
+
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
 
     def get_cookie_path(self, app: Flask) -> str:
         # Only the console reads the session: the API never receives the cookie.
-        return app.config["SESSION_COOKIE_PATH"] or (request.script_root + "/console")
+        return app.config["SESSION_COOKIE_PATH"] or (request.script_root + CONSOLE_PATH)
 
 
 def init_sessions(app: Flask) -> None:
