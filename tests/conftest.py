@@ -27,6 +27,7 @@ from jobapi.config import normalize_database_url
 from jobapi.extensions import db
 from jobapi.jobs import service
 from jobapi.models import Job, JobStatus
+from jobapi.storage import begin_on_driver, end_on_driver
 from jobapi.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,12 +158,13 @@ def push_body(client, job: JobCredentials, body, *, headers: dict[str, str] | No
 
 
 def push_through_service(app, job_id: str, state: str, stage: str | None, progress: int, error=None) -> None:
-    """Push a status as the service would for the job, in a transaction of its own."""
-    with app.app_context():
-        locked = service.lock_job(db.session, job_id)
-        fields = {"state": state, "stage": stage, "progress": progress, "error": error}
-        service.push_status(db.session, locked, service.PushFields(fields))
-        db.session.commit()
+    """Push a status as the job's own request does, in a transaction of its own."""
+    fields = {"state": state, "stage": stage, "progress": progress, "error": error}
+    with app.app_context(), db.engine.connect() as connection:
+        begin_on_driver(connection)
+        locked = service.lock_own_job(connection, job_id)
+        service.push_status(connection, locked, service.PushFields(fields))
+        end_on_driver(connection, commit=True)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.core.parameters import ParameterLocation
+from conftest import push_through_service
 from sqlalchemy import delete
 
 from jobapi import create_app, openapi
@@ -86,9 +87,7 @@ class Credentials:
             new = service.create_job(db.session, task=FUZZ_TASK, user="fuzzer", args={"n": 1})
             db.session.commit()
             for pushed, error in PUSH_TO.get(state, []):
-                locked = service.lock_job(db.session, new.job.id)
-                service.push_status(db.session, locked, service.PushFields({"state": pushed, "stage": "fuzz", "progress": 50, "error": error}))
-                db.session.commit()
+                push_through_service(self.app, new.job.id, pushed, "fuzz", 50, error)
             return new.job.id, new.key
 
     def prepare(self, case) -> dict[str, str]:

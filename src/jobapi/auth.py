@@ -33,6 +33,7 @@ from .keys import verify_job_key
 from .payload import check_body
 from .storage import begin_write
 from .tokens import find_token
+from .transaction import request_connection
 
 JOB_USER_PREFIX = "job-"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -200,7 +201,7 @@ def _load_path_job() -> None:
         g.job = None
         return
     if request.method in SAFE_METHODS:
-        job = service.read_job(db.session, job_id)
+        job = service.read_job(db.session.connection(), job_id)
     else:
         job = service.lock_job(db.session, job_id).job
     if job is None:
@@ -215,11 +216,15 @@ def _admit_job(credentials: JobCredentials) -> None:
     its Idempotency-Key made if any, so the view's checks and writes see one
     state of the job.
     """
+    # A job's own requests skip the ORM session: the most frequent ones (see
+    # jobapi.transaction.request_connection).
     if request.method in SAFE_METHODS:
-        locked = service.LockedJob(job=service.read_job(db.session, credentials.job_id))
+        connection = request_connection()
+        locked = service.LockedJob(job=service.read_job(connection, credentials.job_id))
     else:
+        connection = request_connection(write=True)
         locked = service.lock_own_job(
-            db.session, credentials.job_id, idempotency_key=valid_idempotency_key()
+            connection, credentials.job_id, idempotency_key=valid_idempotency_key()
         )
     job = locked.job
     if job is None:

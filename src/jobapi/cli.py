@@ -117,7 +117,7 @@ def create_command(task: str, user: str, args_json: str, proc: int, mem: int) ->
     )
     new = service.create_job(db.session, **data)
     db.session.commit()
-    _print_json({**job_document(new.job, service.document_history(db.session, new.job.id)), "key": new.key})
+    _print_json({**job_document(new.job, service.document_history(db.session.connection(), new.job.id)), "key": new.key})
 
 
 @jobs_cli.command("list")
@@ -156,7 +156,7 @@ def list_command(state: str | None, task: str | None, user: str | None, limit: i
 def show_command(job_id: str, pretty: bool) -> None:
     """Print a job's document as JSON."""
     job = service.require_job(db.session, job_id)
-    _print_json(job_document(job, service.document_history(db.session, job.id)), pretty=pretty)
+    _print_json(job_document(job, service.document_history(db.session.connection(), job.id)), pretty=pretty)
 
 
 @jobs_cli.command("cancel")

@@ -214,6 +214,39 @@ def begin_write(session: Session) -> None:
     session.connection(execution_options={WRITE_OPTION: True})
 
 
+def run_on_driver(connection: Connection, statement: str, parameters: tuple = ()) -> Any:
+    """Run one statement on the connection's driver (prepared, on PostgreSQL), for the hot
+    paths; SQLAlchemy still handles its errors: its error classes, the engine's
+    handle_error events, and the pool's renewal after a disconnect."""
+    driver = connection.connection.driver_connection
+    try:
+        if connection.dialect.name == "postgresql":
+            return driver.execute(statement, parameters, prepare=True)
+        return driver.execute(statement, parameters)
+    except connection.dialect.loaded_dbapi.Error as error:
+        # What Connection.execute does with a driver's error.
+        connection._handle_dbapi_exception(error, statement, parameters, None, None)
+
+
+def begin_on_driver(connection: Connection) -> None:
+    """Begin a writing transaction on the connection's driver (BEGIN; BEGIN IMMEDIATE on SQLite,
+    which takes the write lock now), which ``end_on_driver`` ends."""
+    run_on_driver(connection, "BEGIN IMMEDIATE" if connection.dialect.name == "sqlite" else "BEGIN")
+
+
+def end_on_driver(connection: Connection, *, commit: bool) -> None:
+    """Commit (or roll back) what the connection's driver began; nothing if it began nothing.
+
+    The engine's commit and rollback events fire as for SQLAlchemy's own.
+    """
+    driver = connection.connection.driver_connection
+    (connection.dispatch.commit if commit else connection.dispatch.rollback)(connection)
+    try:
+        driver.commit() if commit else driver.rollback()
+    except connection.dialect.loaded_dbapi.Error as error:
+        connection._handle_dbapi_exception(error, "COMMIT" if commit else "ROLLBACK", (), None, None)
+
+
 def as_writer(connection: Connection) -> Connection:
     """A connection (a migration's, say) whose transactions begin as writing ones."""
     return connection.execution_options(**{WRITE_OPTION: True})

@@ -72,7 +72,7 @@ def reap_job(session: Session, job_id: str, timeout_seconds: float) -> Reaped | 
     last_heartbeat = job.last_heartbeat
     silence = (now - last_heartbeat).total_seconds()
     record = append_status(
-        session, job, state="timeout", stage=job.stage, progress=job.progress,
+        session.connection(), job, state="timeout", stage=job.stage, progress=job.progress,
         error=(
             f"No heartbeat for {silence:.0f} seconds (last at "
             f"{last_heartbeat.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}); "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, inspect, select
+from sqlalchemy import Connection, bindparam, inspect, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -120,17 +120,18 @@ def lock_job(session: Session, job_id: str) -> LockedJob:
     return LockedJob(job=session.scalars(_LOCK_JOB, {"job_id": job_id}).one_or_none())
 
 
-def lock_own_job(session: Session, job_id: str, *, idempotency_key: str | None = None) -> LockedJob:
+def lock_own_job(
+    connection: Connection, job_id: str, *, idempotency_key: str | None = None
+) -> LockedJob:
     """For a job's own write (a push, a ping): the job, its row locked until the
     transaction ends, and the record its Idempotency-Key made, if any, in one statement.
 
-    A plain row, not a mapped job: this is the most frequent write. It begins
-    the transaction as a writing one, so it comes first.
+    A plain row, not a mapped job: this is the most frequent write. The
+    connection's transaction is a writing one already.
     """
-    begin_write(session)
     if not is_job_id(job_id):
         return LockedJob(job=None)
-    job, replay = statements.lock(session, job_id, idempotency_key)
+    job, replay = statements.lock(connection, job_id, idempotency_key)
     return LockedJob(job=job, replay=replay)
 
 
@@ -153,11 +154,11 @@ def loaded_id(job: Job | statements.JobRow) -> str | None:
     return identity[0] if identity else None
 
 
-def read_job(session: Session, job_id: str) -> statements.JobRow | None:
+def read_job(connection: Connection, job_id: str) -> statements.JobRow | None:
     """A job and its records, oldest first, for its document (one statement on PostgreSQL)."""
     if not is_job_id(job_id):
         return None
-    return statements.read_job(session, job_id)
+    return statements.read_job(connection, job_id)
 
 
 def create_job(
@@ -205,7 +206,7 @@ def request_digest(push: Mapping[str, Any]) -> str:
 
 
 def append_status(
-    session: Session,
+    connection: Connection,
     job: Job | statements.JobRow,
     *,
     state: str,
@@ -245,7 +246,7 @@ def append_status(
         "updated_at": timestamp,
         "status_count": values["seq"],
     }
-    if not statements.append(session, values, current):
+    if not statements.append(connection, values, current):
         return None
     # The row is written: the job in hand says so too, without a flush that
     # would write it again.
@@ -261,9 +262,9 @@ def append_status(
     )
 
 
-def find_replay(session: Session, job_id: str, idempotency_key: str) -> statements.Record | None:
+def find_replay(connection: Connection, job_id: str, idempotency_key: str) -> statements.Record | None:
     """The record an Idempotency-Key stored for this job, read anew (it may be a moment old)."""
-    return statements.find_replay(session, job_id, idempotency_key)
+    return statements.find_replay(connection, job_id, idempotency_key)
 
 
 def _replayed(replay: statements.Record, push: Mapping[str, Any]) -> Pushed:
@@ -293,7 +294,7 @@ class PushFields:
 
 
 def push_status(
-    session: Session,
+    connection: Connection,
     locked: LockedJob,
     body: PushBody,
     *,
@@ -302,7 +303,7 @@ def push_status(
 ) -> Pushed:
     """A job's own push: replay a retried one, or check it and append it.
 
-    ``locked`` comes from ``lock_job`` in this transaction, with the same
+    ``locked`` comes from ``lock_own_job`` in this transaction, with the same
     Idempotency-Key. The answers come in this order (SPEC 7.3): a retry
     (same key, same content) gets the record it made the first time,
     whatever has happened since, and the same key with other content is
@@ -329,7 +330,7 @@ def push_status(
         # before it waited for the lock: a retry of this very push that
         # committed meanwhile was not seen. Look once more before refusing.
         if idempotency_key is not None and push is not None:
-            replay = find_replay(session, job.id, idempotency_key)
+            replay = find_replay(connection, job.id, idempotency_key)
             if replay is not None:
                 return _replayed(replay, push)
         raise error
@@ -345,7 +346,7 @@ def push_status(
     if max_records is not None and job.status_count >= max_records:
         return refuse(TooManyRecords(job.state, max_records))
     record = append_status(
-        session, job, state=push["state"], stage=push["stage"], progress=push["progress"],
+        connection, job, state=push["state"], stage=push["stage"], progress=push["progress"],
         error=push.get("error"), step_name=push.get("step_name"),
         step_description=push.get("step_description"),
         idempotency_key=idempotency_key,
@@ -354,18 +355,18 @@ def push_status(
     if record is None:
         # The insert met this key: a concurrent retry stored the record first.
         assert idempotency_key is not None
-        replay = find_replay(session, job.id, idempotency_key)
+        replay = find_replay(connection, job.id, idempotency_key)
         assert replay is not None
         return _replayed(replay, push)
     return Pushed(record=record, stored=True)
 
 
-def ping_job(session: Session, job: statements.JobRow) -> datetime:
+def ping_job(connection: Connection, job: statements.JobRow) -> datetime:
     """Record a heartbeat of a job locked by ``lock_own_job`` that is not finished; return its time."""
     if job.finished:
         raise JobFinished(job.state)
     job.pinged_at = max(utcnow(), job.updated_at)
-    statements.ping(session, job.id, job.pinged_at)
+    statements.ping(connection, job.id, job.pinged_at)
     return job.pinged_at
 
 
@@ -465,7 +466,7 @@ def cancel_job(session: Session, job_id: str) -> Cancellation:
     if job.finished:
         raise JobFinished(job.state)
     record = append_status(
-        session, job, state="cancelled", stage=job.stage, progress=job.progress
+        session.connection(), job, state="cancelled", stage=job.stage, progress=job.progress
     )
     assert record is not None
     return Cancellation(job=job, record=record, changed=True)
@@ -485,9 +486,9 @@ def status_history(session: Session, job_id: str) -> Sequence[Any]:
     return session.execute(_HISTORY, {"job_id": job_id}).all()
 
 
-def document_history(session: Session, job_id: str) -> list[statements.Record]:
+def document_history(connection: Connection, job_id: str) -> list[statements.Record]:
     """A job's status records, oldest first, with their times written as documents show them."""
-    return statements.history(session, job_id)
+    return statements.history(connection, job_id)
 
 
 def last_status(session: Session, job: Job) -> JobStatus:

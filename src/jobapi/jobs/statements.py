@@ -2,11 +2,11 @@
 retried push's record, record a heartbeat.
 
 These are the requests workers make all the time, so they skip the ORM: one
-text per database, run prepared on the request's own connection (the
-session's, in its transaction), answering plain rows. Errors go through
-SQLAlchemy's handling all the same (its error classes, its pool renewal, the
-engine's error events), so a failing database looks the same here as
-anywhere else.
+text per database, run prepared on a connection of SQLAlchemy's pool (the
+request's own, ``jobapi.transaction.request_connection``, or a session's),
+answering plain rows. Errors go through SQLAlchemy's handling all the same
+(its error classes, its pool renewal, the engine's error events), so a
+failing database looks the same here as anywhere else.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from psycopg.types.json import Json
 from sqlalchemy import Connection
-from sqlalchemy.orm import Session, scoped_session
 
 from ..models import JobFacts
+from ..storage import run_on_driver
 
 # A job's columns that authenticate it and say where it stands.
 _JOB = ("id", "state", "stage", "progress", "updated_at", "status_count", "pinged_at",
@@ -136,25 +136,6 @@ class JobRow(JobFacts):
     records: list[Record] | None = None
 
 
-def _connection(session: Session) -> Connection:
-    if isinstance(session, scoped_session):
-        session = session()
-    return session.connection()
-
-
-def _run(connection: Connection, statement: str, parameters: tuple) -> Any:
-    """Run one statement on the connection's driver, prepared; SQLAlchemy handles its errors."""
-    driver = connection.connection.driver_connection
-    try:
-        if connection.dialect.name == "postgresql":
-            return driver.execute(statement, parameters, prepare=True)
-        return driver.execute(statement, parameters)
-    except connection.dialect.loaded_dbapi.Error as error:
-        # What Connection.execute does with a driver's error: wrap it, run the
-        # engine's handle_error events, and renew the pool after a disconnect.
-        connection._handle_dbapi_exception(error, statement, parameters, None, None)
-
-
 # SQLite keeps times as naive UTC text, the way SQLAlchemy's DateTime writes them.
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -189,93 +170,87 @@ def _sqlite_record(row: tuple, *, for_document: bool) -> Record:
     return record
 
 
-def read_job(session: Session, job_id: str) -> JobRow | None:
+def read_job(connection: Connection, job_id: str) -> JobRow | None:
     """A job and its records, oldest first, for its document; None if there is no such job."""
-    connection = _connection(session)
     if connection.dialect.name == "postgresql":
-        row = _run(connection, POSTGRESQL["read"], (job_id,)).fetchone()
+        row = run_on_driver(connection, POSTGRESQL["read"], (job_id,)).fetchone()
         if row is None:
             return None
         job = _job(row[:-1], sqlite=False)
         job.records = [Record(*values) for values in row[-1] or ()]
         return job
-    row = _run(connection, SQLITE["read"], (job_id,)).fetchone()
+    row = run_on_driver(connection, SQLITE["read"], (job_id,)).fetchone()
     if row is None:
         return None
     job = _job(row, sqlite=True)
-    job.records = history(session, job_id)
+    job.records = history(connection, job_id)
     return job
 
 
-def history(session: Session, job_id: str) -> list[Record]:
+def history(connection: Connection, job_id: str) -> list[Record]:
     """A job's records, oldest first, with their times written as documents show them."""
-    connection = _connection(session)
     if connection.dialect.name == "postgresql":
-        (values,) = _run(connection, POSTGRESQL["history"], (job_id,)).fetchone()
+        (values,) = run_on_driver(connection, POSTGRESQL["history"], (job_id,)).fetchone()
         return [Record(*record) for record in values or ()]
-    rows = _run(connection, SQLITE["history"], (job_id,)).fetchall()
+    rows = run_on_driver(connection, SQLITE["history"], (job_id,)).fetchall()
     return [_sqlite_record(row, for_document=True) for row in rows]
 
 
-def lock(session: Session, job_id: str, idempotency_key: str | None) -> tuple[JobRow | None, Record | None]:
+def lock(connection: Connection, job_id: str, idempotency_key: str | None) -> tuple[JobRow | None, Record | None]:
     """The job, its row locked until the transaction ends, and the record its
     Idempotency-Key made, if any (the transaction is already a writing one)."""
-    connection = _connection(session)
     if connection.dialect.name == "postgresql":
         if idempotency_key is None:
-            row = _run(connection, POSTGRESQL["lock"], (job_id,)).fetchone()
+            row = run_on_driver(connection, POSTGRESQL["lock"], (job_id,)).fetchone()
             return (None if row is None else _job(row, sqlite=False)), None
-        row = _run(connection, POSTGRESQL["lock_with_replay"], (idempotency_key, job_id)).fetchone()
+        row = run_on_driver(connection, POSTGRESQL["lock_with_replay"], (idempotency_key, job_id)).fetchone()
         if row is None:
             return None, None
         width = len(_JOB)
         replay = Record(*row[width:]) if row[width] is not None else None
         return _job(row[:width], sqlite=False), replay
-    row = _run(connection, SQLITE["lock"], (job_id,)).fetchone()
+    row = run_on_driver(connection, SQLITE["lock"], (job_id,)).fetchone()
     if row is None:
         return None, None
-    replay = find_replay(session, job_id, idempotency_key) if idempotency_key is not None else None
+    replay = find_replay(connection, job_id, idempotency_key) if idempotency_key is not None else None
     return _job(row, sqlite=True), replay
 
 
-def find_replay(session: Session, job_id: str, idempotency_key: str) -> Record | None:
+def find_replay(connection: Connection, job_id: str, idempotency_key: str) -> Record | None:
     """The record an Idempotency-Key stored for this job, read anew."""
-    connection = _connection(session)
     sqlite = connection.dialect.name == "sqlite"
-    row = _run(connection, (SQLITE if sqlite else POSTGRESQL)["replay"], (job_id, idempotency_key)).fetchone()
+    row = run_on_driver(connection, (SQLITE if sqlite else POSTGRESQL)["replay"], (job_id, idempotency_key)).fetchone()
     if row is None:
         return None
     return _sqlite_record(row, for_document=False) if sqlite else Record(*row)
 
 
-def append(session: Session, values: dict[str, Any], current: dict[str, Any]) -> bool:
+def append(connection: Connection, values: dict[str, Any], current: dict[str, Any]) -> bool:
     """Insert a record and make it the job's current state; False, writing nothing, when its
     Idempotency-Key already stored one."""
-    connection = _connection(session)
     job_id = values["job_id"]
     if connection.dialect.name == "postgresql":
         row = dict(values, error=None if values["error"] is None else Json(values["error"]))
         parameters = tuple(row[name] for name in _INSERT) + tuple(current[name] for name in _CURRENT)
-        return _run(connection, POSTGRESQL["append"], parameters + (job_id,)).fetchone() is not None
+        return run_on_driver(connection, POSTGRESQL["append"], parameters + (job_id,)).fetchone() is not None
     row = dict(
         values,
         error=None if values["error"] is None else json.dumps(values["error"]),
         timestamp=_sqlite_text(values["timestamp"]),
     )
-    if _run(connection, SQLITE["insert"], tuple(row[name] for name in _INSERT)).fetchone() is None:
+    if run_on_driver(connection, SQLITE["insert"], tuple(row[name] for name in _INSERT)).fetchone() is None:
         return False
     now = dict(current, updated_at=_sqlite_text(current["updated_at"]))
-    _run(connection, SQLITE["update"], tuple(now[name] for name in _CURRENT) + (job_id,))
+    run_on_driver(connection, SQLITE["update"], tuple(now[name] for name in _CURRENT) + (job_id,))
     return True
 
 
-def ping(session: Session, job_id: str, at: datetime) -> None:
+def ping(connection: Connection, job_id: str, at: datetime) -> None:
     """Record a heartbeat of a locked job."""
-    connection = _connection(session)
     if connection.dialect.name == "postgresql":
-        _run(connection, POSTGRESQL["ping"], (at, job_id))
+        run_on_driver(connection, POSTGRESQL["ping"], (at, job_id))
     else:
-        _run(connection, SQLITE["ping"], (_sqlite_text(at), job_id))
+        run_on_driver(connection, SQLITE["ping"], (_sqlite_text(at), job_id))
 
 
 def _sqlite_text(value: datetime) -> str:

@@ -24,6 +24,7 @@ from ..extensions import db
 from ..models import JOB_ID_PATTERN
 from ..observability import record_stored_push
 from ..openapi import IDEMPOTENCY_PARAMETER, Blueprint
+from ..transaction import request_connection
 from ..schemas import (
     JobListQuerySchema,
     JobOutSchema,
@@ -83,7 +84,7 @@ def add_job_state(response):
 
 
 def _new_job_document(new: service.NewJob) -> dict:
-    document = job_document(new.job, service.document_history(db.session, new.job.id))
+    document = job_document(new.job, service.document_history(db.session.connection(), new.job.id))
     # The key is no attribute of the job (only its digest is stored): it is shown this once.
     document["key"] = new.key
     return document
@@ -130,7 +131,7 @@ def push_status(job_id: str):
             errors={IDEMPOTENCY_HEADER: ["Must be 1 to 128 printable ASCII characters."]}
         )
     pushed = service.push_status(
-        db.session,
+        request_connection(),
         g.locked_job,
         g.body,
         idempotency_key=idempotency_key,
@@ -147,7 +148,7 @@ def push_status(job_id: str):
 @allow(job=True)
 def ping(job_id: str):
     """Record a heartbeat: the job is still alive. Any body is ignored."""
-    pinged_at = service.ping_job(db.session, g.job)
+    pinged_at = service.ping_job(request_connection(), g.job)
     return ping_schema.dump({"state": g.job.state, "pinged_at": pinged_at})
 
 
