@@ -44,6 +44,17 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT, TEXT_DATE_FORMAT)
+        self._written: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # The line shows whole seconds: write each second once, not once a line
+        # (one tuple, so threads never pair a second with another's text).
+        second = int(record.created)
+        written = self._written
+        if written[0] != second:
+            written = (second, super().formatTime(record, datefmt))
+            self._written = written
+        return written[1]
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         # Before any traceback, which format() appends below the line.

@@ -13,6 +13,7 @@ variable (tests, ``flask run``) the values live in this process.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -71,17 +72,34 @@ STATUS_PUSHES = Counter(
 bp = Blueprint("metrics", __name__)
 
 
+@functools.lru_cache(maxsize=1024)
+def _request_counter(route: str, method: str, status: int):
+    # A metric's child per label values, looked up once: labels() checks and
+    # locks on every call, and requests come in few shapes.
+    return REQUESTS.labels(route=route, method=method, status=str(status))
+
+
+@functools.lru_cache(maxsize=256)
+def _duration_histogram(route: str):
+    return REQUEST_DURATION.labels(route=route)
+
+
+@functools.lru_cache(maxsize=64)
+def _push_counter(state: str):
+    return STATUS_PUSHES.labels(state=state)
+
+
 def observe_request(route: str | None, method: str, status: int, seconds: float) -> None:
     """Count an answered request and its duration."""
     route = route or UNMATCHED_ROUTE
     method = method if method in KNOWN_METHODS else "other"
-    REQUESTS.labels(route=route, method=method, status=str(status)).inc()
-    REQUEST_DURATION.labels(route=route).observe(seconds)
+    _request_counter(route, method, status).inc()
+    _duration_histogram(route).observe(seconds)
 
 
 def count_push(state: str) -> None:
     """Count a status record a job's push stored."""
-    STATUS_PUSHES.labels(state=state).inc()
+    _push_counter(state).inc()
 
 
 class JobStateCollector:

@@ -15,6 +15,7 @@ more than one JSON type, the rule tying an ``error`` to its state).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from copy import deepcopy
 from typing import Any
@@ -510,9 +511,28 @@ class Api(flask_smorest.Api):
         """Pages are keyset cursors in the body (``JobPage``), not flask-smorest's header."""
 
     def register_blueprint(self, blp, *, parameters=None, **options) -> None:
-        """Register a blueprint and its operations; the tags are the document's own (``TAGS``)."""
+        """Register a blueprint and its operations; the tags are the document's own (``TAGS``).
+
+        Once documented, a view is served without the documenting decorators'
+        wrappers, which only pass the call on: a request then costs no call
+        through each of them.
+        """
+        name = options.get("name", blp.name)
         self._app.register_blueprint(blp, **options)
-        blp.register_views_in_doc(self, self._app, self.spec, name=options.get("name", blp.name), parameters=parameters)
+        blp.register_views_in_doc(self, self._app, self.spec, name=name, parameters=parameters)
+        for endpoint, view in list(self._app.view_functions.items()):
+            if endpoint.startswith(name + "."):
+                self._app.view_functions[endpoint] = _without_documenting_wrappers(view)
+
+
+def _without_documenting_wrappers(view: Callable) -> Callable:
+    """The view under flask-smorest's ``alt_response`` and ``doc`` wrappers, which only call it."""
+    while hasattr(view, "__wrapped__") and view.__code__.co_filename.startswith(_SMOREST_DIRECTORY):
+        view = view.__wrapped__
+    return view
+
+
+_SMOREST_DIRECTORY = os.path.dirname(flask_smorest.__file__)
 
 
 def init_openapi(app: Flask) -> Api:

@@ -38,11 +38,15 @@ def read_body() -> None:
     However the body is sent (Content-Length or chunked), and whether the
     route reads it or not, nothing over ``MAX_CONTENT_LENGTH`` is taken.
     """
+    environ = request.environ
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if not environ.get("CONTENT_LENGTH") and not chunked:
+        g.body_bytes = b""  # most requests (GET, ping): nothing to read
+        return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     length = request.content_length
     if length is not None and length > limit:
         raise RequestEntityTooLarge()
-    environ = request.environ
     if length is not None:
         stream = request.stream  # bounded by Content-Length
     elif environ.get("wsgi.input_terminated"):

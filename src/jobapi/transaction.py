@@ -52,8 +52,9 @@ def end_transaction(response: Response) -> Response:
         connection = g.get(_CONNECTION)
         if connection is not None:
             end_on_driver(connection, commit=response.status_code < 400)
-        session = db.session()
-        if session.in_transaction():
+        # Only a session the request used: making one just to ask costs as much as a query.
+        session = db.session() if db.session.registry.has() else None
+        if session is not None and session.in_transaction():
             if response.status_code >= 400:
                 session.rollback()
             else:
