@@ -27,7 +27,7 @@ from jobapi.config import normalize_database_url
 from jobapi.extensions import db
 from jobapi.jobs import service
 from jobapi.models import Job, JobStatus
-from jobapi.storage import begin_on_driver, end_on_driver
+from jobapi.storage import begin_on_driver, end_on_driver, held_connection
 from jobapi.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,11 +160,14 @@ def push_body(client, job: JobCredentials, body, *, headers: dict[str, str] | No
 def push_through_service(app, job_id: str, state: str, stage: str | None, progress: int, error=None) -> None:
     """Push a status as the job's own request does, in a transaction of its own."""
     fields = {"state": state, "stage": stage, "progress": progress, "error": error}
-    with app.app_context(), db.engine.connect() as connection:
+    with app.app_context():
+        connection = held_connection(db.engine)
         begin_on_driver(connection)
-        locked = service.lock_own_job(connection, job_id)
-        service.push_status(connection, locked, service.PushFields(fields))
-        end_on_driver(connection, commit=True)
+        try:
+            locked = service.lock_own_job(connection, job_id)
+            service.push_status(connection, locked, service.PushFields(fields))
+        finally:
+            end_on_driver(connection, commit=True)
 
 
 @pytest.fixture

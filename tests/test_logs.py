@@ -243,7 +243,7 @@ def test_job_id_is_read_without_a_query_after_a_rollback(app, job):
         db.session.rollback()
         event.listen(db.engine, "before_cursor_execute", record)
         try:
-            assert observability._job_id() == job.id
+            assert observability._job_id(g) == job.id
         finally:
             event.remove(db.engine, "before_cursor_execute", record)
     assert statements == []

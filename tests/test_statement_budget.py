@@ -4,7 +4,8 @@ authentication included, however long the history; an acquire 3.
 
 The hot paths run their statements on the driver directly (jobapi.jobs.statements), so
 they are counted there: psycopg's cursor (which SQLAlchemy uses too) on PostgreSQL, and
-SQLite's trace callback, which sees every statement its connection runs.
+SQLite's trace callback, which sees every statement its connection runs (the connection
+the thread keeps for a job's requests, and the pool's).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from conftest import push
 from sqlalchemy import event
 
 from jobapi.extensions import db
+from jobapi.storage import held_connection
 
 # Transaction control is not a statement of the request's own.
 CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA")
@@ -50,15 +52,20 @@ def count_statements(app, monkeypatch, is_postgresql):
                 monkeypatch.setattr(psycopg.Cursor, "execute", execute)
             return
 
-        # SQLite: trace every connection the pool will hand out from now on.
+        # SQLite: trace the connection this thread keeps for a job's requests, and
+        # every connection the pool hands out from now on (the session's).
         def trace(dbapi_connection, _record):
             dbapi_connection.set_trace_callback(record)
 
         engine.pool.dispose()
         event.listen(engine, "connect", trace)
+        with app.app_context():
+            held = held_connection(engine)
+        held.driver.set_trace_callback(record)
         try:
             yield statements
         finally:
+            held.driver.set_trace_callback(None)
             event.remove(engine, "connect", trace)
             engine.pool.dispose()
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
-import uuid
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask
 
 from .config import DEFAULTS, from_environment, normalize_database_url
 from .extensions import db, migrate
@@ -25,14 +23,32 @@ except PackageNotFoundError:  # pragma: no cover - imported from a checkout that
 # migrations/ sits at the repository root, beside src/.
 MIGRATIONS_DIRECTORY = Path(__file__).resolve().parents[2] / "migrations"
 
-# An X-Request-ID the client sends is used only in this shape; anything else
-# could forge a field of a log line, so the request gets an id of its own.
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class JobapiFlask(Flask):
+    """Flask, asking once per function whether it is a coroutine function.
+
+    Flask asks of every hook and view on every request (``ensure_sync``);
+    jobapi's are all plain functions, and their answers never change.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._synchronous: dict[Any, Any] = {}
+
+    def ensure_sync(self, func):
+        try:
+            return self._synchronous[func]
+        except KeyError:
+            answer = self._synchronous[func] = super().ensure_sync(func)
+            return answer
+        except TypeError:  # an unhashable callable: ask every time
+            return super().ensure_sync(func)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then the environment, then ``config``."""
-    app = Flask(__name__, instance_relative_config=True)
+    app = JobapiFlask(__name__, instance_relative_config=True)
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping(from_environment())
     if config:
@@ -61,15 +77,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         configure_engine(db.engine, app.config)
 
-    app.before_request(_assign_request_id)
-    app.after_request(_echo_request_id)
-
     from .errors import register_error_handlers
-    from .payload import read_body
 
     register_error_handlers(app)
-    # Every body is read whole, within the limit, before anything else looks at it.
-    app.before_request(read_body)
 
     from .jobs.views import bp as jobs_bp
     from .observability import init_observability
@@ -92,11 +102,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_console(app)
     app.register_blueprint(apidocs_bp, url_prefix="/api")
 
-    # Last of the after_request hooks, so it runs first: the others see the
-    # answer as it leaves, after the commit.
-    from .transaction import init_transactions
+    # Last of the hooks, so its after-request hook runs first (see the module).
+    from .request_cycle import init_request_cycle
 
-    init_transactions(app)
+    init_request_cycle(app)
 
     from .cli import jobs_cli, tokens_cli
 
@@ -104,16 +113,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(tokens_cli)
     app.shell_context_processor(_shell_context)
     return app
-
-
-def _assign_request_id() -> None:
-    supplied = request.headers.get("X-Request-ID", "")
-    g.request_id = supplied if REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
-
-
-def _echo_request_id(response):
-    response.headers["X-Request-ID"] = g.get("request_id", "")
-    return response
 
 
 def _shell_context() -> dict[str, Any]:

@@ -20,20 +20,15 @@ request_log = logging.getLogger("jobapi.request")
 
 
 def init_observability(app: Flask, api: Api) -> None:
-    """Log and count every request the app answers, and serve ``/metrics``."""
+    """Let the request log reach stderr, and serve ``/metrics`` (``observe`` is called by
+    ``jobapi.request_cycle`` for every request)."""
     init_app_logging(app)
-    app.before_request(_start_clock)
-    app.after_request(_observe_request)
     api.register_blueprint(metrics.bp)
 
 
-def _start_clock() -> None:
-    g.request_started = time.perf_counter()
-
-
-def _job_id() -> str | None:
+def _job_id(context) -> str | None:
     """The job the request is about: the one authenticated, else the path's if it looks like one."""
-    job = g.get("job")
+    job = context.get("job")
     if job is not None:
         # Without a query: after a rollback (a 503) a mapped job is expired.
         job_id = loaded_id(job)
@@ -76,27 +71,29 @@ def _route() -> str | None:
     return None
 
 
-def _observe_request(response: Response) -> Response:
-    started = g.get("request_started")
+def observe(response: Response, context) -> None:
+    """Count the answer in the metrics and write its one log line (``context`` is the
+    request's ``g``)."""
+    started = context.get("request_started")
     seconds = time.perf_counter() - started if started is not None else 0.0
     route = _route()
     status = response.status_code
-    metrics.observe_request(route, request.method, status, seconds)
-    pushed = g.get("stored_push_state")
-    if pushed is not None and response.status_code < 400:
+    method = request.method
+    metrics.observe_request(route, method, status, seconds)
+    pushed = context.get("stored_push_state")
+    if pushed is not None and status < 400:
         metrics.count_push(pushed)
     fields = {
-        "method": request.method,
+        "method": method,
         "route": route,
         "path": None if route else quote(request.path, safe=_PATH_SAFE),
         "status": status,
         "duration_ms": round(seconds * 1000, 1),
-        "job_id": _job_id(),
-        "request_id": g.get("request_id"),
+        "job_id": _job_id(context),
+        "request_id": context.get("request_id"),
     }
     # The formatter adds the job and request ids (logs.py).
     request_log.info(
-        "%s %s %s %.1fms", request.method, route or fields["path"], status, seconds * 1000,
+        "%s %s %s %.1fms", method, route or fields["path"], status, seconds * 1000,
         extra={FIELDS_ATTRIBUTE: fields},
     )
-    return response

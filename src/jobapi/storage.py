@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import weakref
 from typing import Any
 
 import psycopg
@@ -64,6 +66,7 @@ def engine_options(url: str, config: dict[str, Any]) -> dict[str, Any]:
 
 def configure_engine(engine: Engine, config: dict[str, Any]) -> None:
     """Install the per-connection set-up a dialect needs."""
+    _track_held_connections(engine)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine, config)
     elif engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
@@ -214,10 +217,122 @@ def begin_write(session: Session) -> None:
     session.connection(execution_options={WRITE_OPTION: True})
 
 
-def run_on_driver(connection: Connection, statement: str, parameters: tuple = ()) -> Any:
+class HeldConnection:
+    """A connection of the engine's pool that one thread keeps for a job's own requests.
+
+    gunicorn's threads each serve one request at a time, and the pool has a
+    connection for each: a thread that keeps its own pays no checkout and no
+    check-in per request. It is replaced once SQLAlchemy finds it broken (a
+    disconnect invalidates it), and every statement's error goes through
+    SQLAlchemy's handling (``run_on_driver``).
+    """
+
+    __slots__ = ("engine", "connection", "driver", "postgresql", "began", "dbapi_error")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # SQLAlchemy's Connection, made once: it raises connection failures as
+        # SQLAlchemy's errors, and handles the statements' errors (``fail``).
+        self.connection = engine.connect()
+        self.driver = self.connection.connection.driver_connection
+        self.postgresql = engine.dialect.name == "postgresql"
+        self.dbapi_error = engine.dialect.loaded_dbapi.Error
+        self.began = False
+
+    @property
+    def usable(self) -> bool:
+        """Whether SQLAlchemy has not found the connection broken."""
+        return not (self.connection.invalidated or self.connection.closed)
+
+    def fail(self, error: Exception, statement: str, parameters: Any) -> None:
+        """Raise a driver's error as SQLAlchemy would for its own statement: wrapped, through the
+        engine's handle_error events, invalidating the connection after a disconnect."""
+        self.connection._handle_dbapi_exception(error, statement, parameters, None, None)
+
+    def release(self) -> None:
+        """Give the connection back to the pool (which replaces it if it was invalidated)."""
+        self.connection.close()
+
+
+_HELD = threading.local()
+# Every thread's held connections, by engine: given back when the engine is
+# disposed (or collected), so none outlives its pool unclosed.
+_ALL_HELD: weakref.WeakKeyDictionary[Engine, set[HeldConnection]] = weakref.WeakKeyDictionary()
+_ALL_HELD_LOCK = threading.Lock()
+
+
+def _release_all(held: set[HeldConnection]) -> None:
+    # The pool is going: close the connections themselves, not just give them back.
+    for connection in list(held):
+        held.discard(connection)
+        try:
+            if not connection.connection.closed:
+                connection.connection.invalidate()
+            connection.release()
+        except Exception:  # noqa: BLE001 - closing what is broken may fail; it is gone either way
+            pass
+
+
+def _track_held_connections(engine: Engine) -> None:
+    """Give the engine's held connections back when it is disposed or collected."""
+    held: set[HeldConnection] = set()
+    with _ALL_HELD_LOCK:
+        _ALL_HELD[engine] = held
+    event.listen(engine, "engine_disposed", lambda _engine: _release_all(held))
+    weakref.finalize(engine, _release_all, held)
+
+
+def held_connection(engine: Engine, *, write: bool = False) -> HeldConnection:
+    """This thread's own connection to the engine's database, checked out once and kept.
+
+    For a write, a PostgreSQL session begun read-only is replaced first, as the
+    pool's checkout does (``_configure_postgresql``): the database may take
+    writes again. The server reports the setting, so asking costs nothing.
+    """
+    held: weakref.WeakKeyDictionary[Engine, HeldConnection] | None = getattr(_HELD, "connections", None)
+    if held is None:
+        held = _HELD.connections = weakref.WeakKeyDictionary()
+    connection = held.get(engine)
+    if connection is not None and connection.usable:
+        if not (write and _opened_read_only(connection)):
+            return connection
+    everyone = _ALL_HELD.get(engine)
+    if connection is not None:
+        if everyone is not None:
+            everyone.discard(connection)
+        connection.release()
+    connection = held[engine] = HeldConnection(engine)
+    if everyone is not None:
+        everyone.add(connection)
+    return connection
+
+
+def _opened_read_only(connection: HeldConnection) -> bool:
+    """Whether the connection was opened when the database could not be written (and so
+    cannot write now, whatever the database can). The pool's checkout asks this too."""
+    if connection.postgresql:
+        return connection.driver.info.parameter_status("default_transaction_read_only") == "on"
+    return bool(connection.connection.connection.info.get(_OPENED_READ_ONLY))
+
+
+def is_postgresql(connection: Connection | HeldConnection) -> bool:
+    """Whether the connection is to PostgreSQL (else SQLite)."""
+    if isinstance(connection, HeldConnection):
+        return connection.postgresql
+    return connection.dialect.name == "postgresql"
+
+
+def run_on_driver(connection: Connection | HeldConnection, statement: str, parameters: tuple = ()) -> Any:
     """Run one statement on the connection's driver (prepared, on PostgreSQL), for the hot
     paths; SQLAlchemy still handles its errors: its error classes, the engine's
     handle_error events, and the pool's renewal after a disconnect."""
+    if isinstance(connection, HeldConnection):
+        try:
+            if connection.postgresql:
+                return connection.driver.execute(statement, parameters, prepare=True)
+            return connection.driver.execute(statement, parameters)
+        except connection.dbapi_error as error:
+            connection.fail(error, statement, parameters)
     driver = connection.connection.driver_connection
     try:
         if connection.dialect.name == "postgresql":
@@ -228,23 +343,30 @@ def run_on_driver(connection: Connection, statement: str, parameters: tuple = ()
         connection._handle_dbapi_exception(error, statement, parameters, None, None)
 
 
-def begin_on_driver(connection: Connection) -> None:
-    """Begin a writing transaction on the connection's driver (BEGIN; BEGIN IMMEDIATE on SQLite,
+def begin_on_driver(connection: HeldConnection) -> None:
+    """Begin a writing transaction on the held connection (BEGIN; BEGIN IMMEDIATE on SQLite,
     which takes the write lock now), which ``end_on_driver`` ends."""
-    run_on_driver(connection, "BEGIN IMMEDIATE" if connection.dialect.name == "sqlite" else "BEGIN")
+    run_on_driver(connection, "BEGIN" if connection.postgresql else "BEGIN IMMEDIATE")
+    connection.began = True
 
 
-def end_on_driver(connection: Connection, *, commit: bool) -> None:
-    """Commit (or roll back) what the connection's driver began; nothing if it began nothing.
+def end_on_driver(connection: HeldConnection, *, commit: bool) -> None:
+    """Commit (or roll back) the transaction ``begin_on_driver`` began; nothing if none.
 
     The engine's commit and rollback events fire as for SQLAlchemy's own.
     """
-    driver = connection.connection.driver_connection
-    (connection.dispatch.commit if commit else connection.dispatch.rollback)(connection)
+    if not connection.began:
+        return
+    connection.began = False
+    if not connection.usable:
+        return  # SQLAlchemy closed it after a disconnect: the server ended the transaction
+    listeners = connection.engine.dispatch.commit if commit else connection.engine.dispatch.rollback
+    if listeners:
+        listeners(connection.connection)
     try:
-        driver.commit() if commit else driver.rollback()
-    except connection.dialect.loaded_dbapi.Error as error:
-        connection._handle_dbapi_exception(error, "COMMIT" if commit else "ROLLBACK", (), None, None)
+        connection.driver.commit() if commit else connection.driver.rollback()
+    except connection.dbapi_error as error:
+        connection.fail(error, "COMMIT" if commit else "ROLLBACK", ())
 
 
 def as_writer(connection: Connection) -> Connection:

@@ -8,38 +8,31 @@ that did not happen.
 
 A request works through the ORM session, or, for a job's own requests (read
 its document, push, ping: the requests workers make all the time), through
-``request_connection``: one connection of the same pool, without the
-session's bookkeeping, run by ``jobapi.jobs.statements``. Either way it is
-ended here.
+``request_connection``: the connection its thread keeps from the same pool,
+without the session's bookkeeping, run by ``jobapi.jobs.statements``. Either
+way the transaction is ended here.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, g
-from sqlalchemy import Connection
+from flask import Response, g
 from sqlalchemy import exc as sa_exc
 
 from .errors import database_unavailable, handle_database_error
 from .extensions import db
-from .storage import begin_on_driver, end_on_driver
+from .storage import HeldConnection, begin_on_driver, end_on_driver, held_connection
 
 # g attribute: the request's own connection, once it has one.
 _CONNECTION = "request_connection"
 
 
-def init_transactions(app: Flask) -> None:
-    """End every request's transaction. Register it after the other ``after_request``
-    hooks, so it runs first and they see the answer as it leaves."""
-    app.after_request(end_transaction)
-    app.teardown_request(_release_connection)
-
-
-def request_connection(*, write: bool = False) -> Connection:
-    """The request's own connection from the pool; the first call says whether the request
-    writes, and if so begins its transaction (BEGIN; BEGIN IMMEDIATE on SQLite)."""
+def request_connection(*, write: bool = False) -> HeldConnection:
+    """The request's own connection (the one its thread keeps from the pool); the first call
+    says whether the request writes, and if so begins its transaction (BEGIN; BEGIN
+    IMMEDIATE on SQLite)."""
     connection = g.get(_CONNECTION)
     if connection is None:
-        connection = db.engine.connect()
+        connection = held_connection(db.engine, write=write)
         setattr(g, _CONNECTION, connection)
         if write:
             begin_on_driver(connection)
@@ -66,8 +59,12 @@ def end_transaction(response: Response) -> Response:
     return response
 
 
-def _release_connection(_error: BaseException | None) -> None:
-    """Give the request's own connection back to the pool (rolled back, if a failure left it open)."""
+def release(_error: BaseException | None) -> None:
+    """Leave the request's own connection to its thread, its transaction ended: rolled back,
+    if a failure skipped ``end_transaction``."""
     connection = g.pop(_CONNECTION, None)
-    if connection is not None:
-        connection.close()
+    if connection is not None and connection.began:
+        try:
+            end_on_driver(connection, commit=False)
+        except sa_exc.SQLAlchemyError:
+            pass  # a broken connection is replaced before its next use

@@ -20,7 +20,7 @@ from psycopg.types.json import Json
 from sqlalchemy import Connection
 
 from ..models import JobFacts
-from ..storage import run_on_driver
+from ..storage import HeldConnection, is_postgresql, run_on_driver
 
 # A job's columns that authenticate it and say where it stands.
 _JOB = ("id", "state", "stage", "progress", "updated_at", "status_count", "pinged_at",
@@ -170,9 +170,9 @@ def _sqlite_record(row: tuple, *, for_document: bool) -> Record:
     return record
 
 
-def read_job(connection: Connection, job_id: str) -> JobRow | None:
+def read_job(connection: Connection | HeldConnection, job_id: str) -> JobRow | None:
     """A job and its records, oldest first, for its document; None if there is no such job."""
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection):
         row = run_on_driver(connection, POSTGRESQL["read"], (job_id,)).fetchone()
         if row is None:
             return None
@@ -187,19 +187,19 @@ def read_job(connection: Connection, job_id: str) -> JobRow | None:
     return job
 
 
-def history(connection: Connection, job_id: str) -> list[Record]:
+def history(connection: Connection | HeldConnection, job_id: str) -> list[Record]:
     """A job's records, oldest first, with their times written as documents show them."""
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection):
         (values,) = run_on_driver(connection, POSTGRESQL["history"], (job_id,)).fetchone()
         return [Record(*record) for record in values or ()]
     rows = run_on_driver(connection, SQLITE["history"], (job_id,)).fetchall()
     return [_sqlite_record(row, for_document=True) for row in rows]
 
 
-def lock(connection: Connection, job_id: str, idempotency_key: str | None) -> tuple[JobRow | None, Record | None]:
+def lock(connection: Connection | HeldConnection, job_id: str, idempotency_key: str | None) -> tuple[JobRow | None, Record | None]:
     """The job, its row locked until the transaction ends, and the record its
     Idempotency-Key made, if any (the transaction is already a writing one)."""
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection):
         if idempotency_key is None:
             row = run_on_driver(connection, POSTGRESQL["lock"], (job_id,)).fetchone()
             return (None if row is None else _job(row, sqlite=False)), None
@@ -216,20 +216,20 @@ def lock(connection: Connection, job_id: str, idempotency_key: str | None) -> tu
     return _job(row, sqlite=True), replay
 
 
-def find_replay(connection: Connection, job_id: str, idempotency_key: str) -> Record | None:
+def find_replay(connection: Connection | HeldConnection, job_id: str, idempotency_key: str) -> Record | None:
     """The record an Idempotency-Key stored for this job, read anew."""
-    sqlite = connection.dialect.name == "sqlite"
+    sqlite = not is_postgresql(connection)
     row = run_on_driver(connection, (SQLITE if sqlite else POSTGRESQL)["replay"], (job_id, idempotency_key)).fetchone()
     if row is None:
         return None
     return _sqlite_record(row, for_document=False) if sqlite else Record(*row)
 
 
-def append(connection: Connection, values: dict[str, Any], current: dict[str, Any]) -> bool:
+def append(connection: Connection | HeldConnection, values: dict[str, Any], current: dict[str, Any]) -> bool:
     """Insert a record and make it the job's current state; False, writing nothing, when its
     Idempotency-Key already stored one."""
     job_id = values["job_id"]
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection):
         row = dict(values, error=None if values["error"] is None else Json(values["error"]))
         parameters = tuple(row[name] for name in _INSERT) + tuple(current[name] for name in _CURRENT)
         return run_on_driver(connection, POSTGRESQL["append"], parameters + (job_id,)).fetchone() is not None
@@ -245,9 +245,9 @@ def append(connection: Connection, values: dict[str, Any], current: dict[str, An
     return True
 
 
-def ping(connection: Connection, job_id: str, at: datetime) -> None:
+def ping(connection: Connection | HeldConnection, job_id: str, at: datetime) -> None:
     """Record a heartbeat of a locked job."""
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection):
         run_on_driver(connection, POSTGRESQL["ping"], (at, job_id))
     else:
         run_on_driver(connection, SQLITE["ping"], (_sqlite_text(at), job_id))
