@@ -20,9 +20,9 @@ import base64
 import binascii
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from flask import current_app, g, request
+from flask import Request, current_app, g, request
 from marshmallow import Schema
 
 from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE, InsufficientRights, Unauthorized
@@ -38,6 +38,9 @@ from .transaction import request_connection
 JOB_USER_PREFIX = "job-"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Where the WSGI environ keeps it (headers are read there: werkzeug's header
+# lookup raises and catches a KeyError for each header a request lacks).
+IDEMPOTENCY_ENVIRON = "HTTP_IDEMPOTENCY_KEY"
 
 View = TypeVar("View", bound=Callable)
 
@@ -74,11 +77,15 @@ def allow(
     return declare
 
 
-def takes_json(schema: Schema) -> Callable[[View], View]:
-    """Declare the JSON object a view's body must be; the hook reads and checks it (``g.body``)."""
+def takes_json(
+    schema: Schema, load: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> Callable[[View], View]:
+    """Declare the JSON object a view's body must be (``schema``, which documents it too); the
+    hook reads and checks it (``g.body``) with ``load``, the schema's own by default."""
 
     def declare(view: View) -> View:
         view.body_schema = schema  # type: ignore[attr-defined]
+        view.body_load = load or schema.load  # type: ignore[attr-defined]
         return view
 
     return declare
@@ -119,7 +126,7 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     return username, password
 
 
-def read_credentials(access: Access) -> JobCredentials | TokenCredentials | None:
+def read_credentials(access: Access, incoming: Request) -> JobCredentials | TokenCredentials | None:
     """The request's credentials, checked for form only; None on a route open to anyone.
 
     Raises the 401 of missing or malformed credentials, and the 403 of a
@@ -127,7 +134,7 @@ def read_credentials(access: Access) -> JobCredentials | TokenCredentials | None
     """
     if access.is_open():
         return None
-    header = request.headers.get("Authorization")
+    header = incoming.environ.get("HTTP_AUTHORIZATION")
     challenge = BASIC_CHALLENGE if access.job else BEARER_CHALLENGE
     if not header:
         raise Unauthorized("Missing credentials", challenge=challenge)
@@ -146,14 +153,14 @@ def read_credentials(access: Access) -> JobCredentials | TokenCredentials | None
     if not username.startswith(JOB_USER_PREFIX) or len(username) == len(JOB_USER_PREFIX):
         raise Unauthorized("Malformed credentials")
     credentials = JobCredentials(job_id=username[len(JOB_USER_PREFIX):], key=key)
-    if credentials.job_id != (request.view_args or {}).get("job_id"):
+    if credentials.job_id != (incoming.view_args or {}).get("job_id"):
         raise InsufficientRights()
     return credentials
 
 
-def valid_idempotency_key() -> str | None:
+def valid_idempotency_key(incoming: Request | None = None) -> str | None:
     """The request's Idempotency-Key if it is well formed (1-128 printable ASCII), else None."""
-    value = request.headers.get(IDEMPOTENCY_HEADER)
+    value = (incoming or request).environ.get(IDEMPOTENCY_ENVIRON)
     if value is None or not 1 <= len(value) <= 128:
         return None
     if not all(" " <= ch <= "~" for ch in value):
@@ -163,23 +170,26 @@ def valid_idempotency_key() -> str | None:
 
 def admit_request() -> None:
     """Before every request of the jobs blueprint: admit only the callers the route declares."""
-    view = current_app.view_functions.get(request.endpoint or "")
+    # The request and its context, looked up once (each use of Flask's proxies looks again).
+    incoming: Request = request._get_current_object()  # type: ignore[attr-defined]
+    context = g._get_current_object()
+    view = current_app.view_functions.get(incoming.endpoint or "")
     access: Access = getattr(view, "access", NOBODY)
-    credentials = read_credentials(access)
-    schema = getattr(view, "body_schema", None)
-    g.body = check_body(schema) if schema is not None else None
+    credentials = read_credentials(access, incoming)
+    load = getattr(view, "body_load", None)
+    context.body = check_body(load) if load is not None else None
     if isinstance(credentials, TokenCredentials):
-        _admit_token(access, credentials)
+        _admit_token(access, credentials, incoming, context)
     elif isinstance(credentials, JobCredentials):
-        _admit_job(credentials)
+        _admit_job(credentials, incoming, context)
     else:
-        g.caller = None
-        _load_path_job()
+        context.caller = None
+        _load_path_job(incoming, context)
 
 
-def _admit_token(access: Access, credentials: TokenCredentials) -> None:
+def _admit_token(access: Access, credentials: TokenCredentials, incoming: Request, context) -> None:
     """An operator's or runner's token: known and active (401), of a role the route takes (403)."""
-    if request.method not in SAFE_METHODS:
+    if incoming.method not in SAFE_METHODS:
         # A request that writes does so in the transaction its first statement begins;
         # one that reads runs without a transaction.
         begin_write(db.session)
@@ -190,26 +200,26 @@ def _admit_token(access: Access, credentials: TokenCredentials) -> None:
         raise Unauthorized("Invalid or revoked token", challenge=challenge)
     if token.role not in access.roles:
         raise InsufficientRights()
-    g.caller = token
-    _load_path_job()
+    context.caller = token
+    _load_path_job(incoming, context)
 
 
-def _load_path_job() -> None:
+def _load_path_job(incoming: Request, context) -> None:
     """The job the path names, if it names one: read, or locked for a request that writes."""
-    job_id = (request.view_args or {}).get("job_id")
+    job_id = (incoming.view_args or {}).get("job_id")
     if job_id is None:
-        g.job = None
+        context.job = None
         return
-    if request.method in SAFE_METHODS:
+    if incoming.method in SAFE_METHODS:
         job = service.read_job(db.session.connection(), job_id)
     else:
         job = service.lock_job(db.session, job_id).job
     if job is None:
         raise JobNotFound(job_id)
-    g.job = job
+    context.job = job
 
 
-def _admit_job(credentials: JobCredentials) -> None:
+def _admit_job(credentials: JobCredentials, incoming: Request, context) -> None:
     """A job acting on itself: it exists (404), its key is right (401), its key still works (401).
 
     A request that writes loads the job under its row lock, with the record
@@ -218,13 +228,13 @@ def _admit_job(credentials: JobCredentials) -> None:
     """
     # A job's own requests skip the ORM session: the most frequent ones (see
     # jobapi.transaction.request_connection).
-    if request.method in SAFE_METHODS:
+    if incoming.method in SAFE_METHODS:
         connection = request_connection()
         locked = service.LockedJob(job=service.read_job(connection, credentials.job_id))
     else:
         connection = request_connection(write=True)
         locked = service.lock_own_job(
-            connection, credentials.job_id, idempotency_key=valid_idempotency_key()
+            connection, credentials.job_id, idempotency_key=valid_idempotency_key(incoming)
         )
     job = locked.job
     if job is None:
@@ -235,6 +245,6 @@ def _admit_job(credentials: JobCredentials) -> None:
         raise Unauthorized("Wrong key")
     if service.key_expired(job, current_app.config["JOB_KEY_GRACE_SECONDS"]):
         raise Unauthorized("Job is no longer active")
-    g.caller = job
-    g.job = job
-    g.locked_job = locked
+    context.caller = job
+    context.job = job
+    context.locked_job = locked

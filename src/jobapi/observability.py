@@ -8,7 +8,7 @@ import re
 import time
 from urllib.parse import quote
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import metrics
@@ -39,11 +39,6 @@ def _job_id(context) -> str | None:
     return candidate if isinstance(candidate, str) and is_job_id(candidate) else None
 
 
-def record_stored_push(state: str) -> None:
-    """A view stored a job's pushed record in this state: it is counted once the request commits."""
-    g.stored_push_state = state
-
-
 @functools.lru_cache(maxsize=256)
 def _route_name(rule: str) -> str:
     """A rule as people write it: ``/api/jobs/<job_id>``, without converter names."""
@@ -55,13 +50,13 @@ def _route_name(rule: str) -> str:
 _PATH_SAFE = "/-._~:@!$&'()*+,;"
 
 
-def _route() -> str | None:
+def _route(incoming) -> str | None:
     """The URL rule the request matched; for a 405, the rule of the path whatever its method."""
-    if request.url_rule is not None:
-        return _route_name(request.url_rule.rule)
-    if isinstance(request.routing_exception, MethodNotAllowed):
-        allowed = request.routing_exception.valid_methods or []
-        adapter = current_app.url_map.bind_to_environ(request.environ)
+    if incoming.url_rule is not None:
+        return _route_name(incoming.url_rule.rule)
+    if isinstance(incoming.routing_exception, MethodNotAllowed):
+        allowed = incoming.routing_exception.valid_methods or []
+        adapter = current_app.url_map.bind_to_environ(incoming.environ)
         for method in allowed:
             try:
                 rule, _ = adapter.match(method=method, return_rule=True)
@@ -74,11 +69,12 @@ def _route() -> str | None:
 def observe(response: Response, context) -> None:
     """Count the answer in the metrics and write its one log line (``context`` is the
     request's ``g``)."""
+    incoming = request._get_current_object()
     started = context.get("request_started")
     seconds = time.perf_counter() - started if started is not None else 0.0
-    route = _route()
+    route = _route(incoming)
     status = response.status_code
-    method = request.method
+    method = incoming.method
     metrics.observe_request(route, method, status, seconds)
     pushed = context.get("stored_push_state")
     if pushed is not None and status < 400:
@@ -86,14 +82,18 @@ def observe(response: Response, context) -> None:
     fields = {
         "method": method,
         "route": route,
-        "path": None if route else quote(request.path, safe=_PATH_SAFE),
+        "path": None if route else quote(incoming.path, safe=_PATH_SAFE),
         "status": status,
         "duration_ms": round(seconds * 1000, 1),
         "job_id": _job_id(context),
         "request_id": context.get("request_id"),
     }
-    # The formatter adds the job and request ids (logs.py).
-    request_log.info(
-        "%s %s %s %.1fms", method, route or fields["path"], status, seconds * 1000,
-        extra={FIELDS_ATTRIBUTE: fields},
-    )
+    if request_log.isEnabledFor(logging.INFO):
+        # A record made directly: Logger.info would also look up the calling
+        # frame, for fields no line shows. The formatter adds the job and
+        # request ids (logs.py).
+        request_log.handle(request_log.makeRecord(
+            request_log.name, logging.INFO, __file__, 0, "%s %s %s %.1fms",
+            (method, route or fields["path"], status, seconds * 1000), None,
+            extra={FIELDS_ATTRIBUTE: fields},
+        ))

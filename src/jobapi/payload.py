@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app, g, request
-from marshmallow import Schema, ValidationError
+from marshmallow import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import BadRequest, UnsupportedMediaType
@@ -38,37 +38,45 @@ def read_body() -> None:
     However the body is sent (Content-Length or chunked), and whether the
     route reads it or not, nothing over ``MAX_CONTENT_LENGTH`` is taken.
     """
-    environ = request.environ
+    incoming = request._get_current_object()
+    environ = incoming.environ
+    declared = environ.get("CONTENT_LENGTH")
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    if not environ.get("CONTENT_LENGTH") and not chunked:
+    if not declared and not chunked:
         g.body_bytes = b""  # most requests (GET, ping): nothing to read
         return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    length = request.content_length
+    length = incoming.content_length
     if length is not None and length > limit:
         raise RequestEntityTooLarge()
     if length is not None:
-        stream = request.stream  # bounded by Content-Length
+        # The server's input ends where the declared length does (PEP 3333
+        # allows no more); werkzeug's stream would wrap it once more.
+        stream = environ["wsgi.input"] if environ.get("wsgi.input_terminated") else incoming.stream
+        body = stream.read(length) if length else b""
     elif environ.get("wsgi.input_terminated"):
         # Chunked: the server ends the stream; read one byte past the limit to see it.
-        stream = environ["wsgi.input"]
+        body = _read_until(environ["wsgi.input"], limit)
     else:
-        g.body_bytes = b""
-        return
+        body = b""
+    g.body_bytes = body
+    # Where werkzeug keeps a body it has read (get_data(cache=True)): its own
+    # readers (get_data, get_json, form parsing) then read it from there.
+    incoming._cached_data = body
+
+
+def _read_until(stream, limit: int) -> bytes:
+    """All of a stream, or 413 once it passes ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     while True:
         chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
         if not chunk:
-            break
+            return b"".join(chunks)
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
             raise RequestEntityTooLarge()
-    g.body_bytes = b"".join(chunks)
-    # Where werkzeug keeps a body it has read (get_data(cache=True)): its own
-    # readers (get_data, get_json, form parsing) then read it from there.
-    request._cached_data = g.body_bytes
 
 
 def _refuse_constant(name: str) -> Any:
@@ -171,14 +179,14 @@ class Body:
         return self.raw is not None
 
 
-def check_body(schema: Schema | Callable[[], Schema]) -> Body:
-    """Parse the body as a JSON object and load it with ``schema``; any refusal is kept, not raised."""
+def check_body(load: Callable[[dict[str, Any]], dict[str, Any]]) -> Body:
+    """Parse the body as a JSON object and ``load`` its fields (a schema's ``load``); any
+    refusal is kept, not raised."""
     try:
         raw = json_object()
     except (BadRequest, UnsupportedMediaType, ValidationError) as refusal:
         return Body(refusal=refusal)
-    loader = schema() if callable(schema) and not isinstance(schema, Schema) else schema
     try:
-        return Body(fields=loader.load(raw), raw=raw)
+        return Body(fields=load(raw), raw=raw)
     except ValidationError as refusal:
         return Body(refusal=refusal, raw=raw)

@@ -177,6 +177,53 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+# The fields a push may carry.
+_PUSH_FIELDS = frozenset({"state", "stage", "progress", "error", "step_name", "step_description"})
+_PUSHABLE = frozenset(PUSHABLE_STATES)
+
+
+def _plain_text(value: Any, longest: int) -> bool:
+    return type(value) is str and len(value) <= longest and "\x00" not in value
+
+
+def load_push(raw: dict[str, Any]) -> dict[str, Any]:
+    """A push's fields, checked by ``StatusInSchema``'s rules.
+
+    The common push (no error; a state, a stage, an integer progress, maybe
+    step fields, all plainly valid) is checked here directly, and gives just
+    what the schema would; anything else goes to the schema, which also says
+    what is wrong. A push is the most frequent write, and the schema costs
+    more than the rest of the checks. ``tests/test_schemas.py`` holds the two
+    to the same answers.
+    """
+    state = raw.get("state")
+    progress = raw.get("progress")
+    step_name = raw.get("step_name")
+    step_description = raw.get("step_description")
+    if (
+        raw.keys() <= _PUSH_FIELDS
+        and raw.get("error") is None
+        and type(state) is str
+        and state in _PUSHABLE
+        and state not in ERROR_REQUIRED
+        and "stage" in raw
+        and _plain_text(raw["stage"], 256)
+        and type(progress) is int
+        and 0 <= progress <= 100
+        and (step_name is None or _plain_text(step_name, 256))
+        and (step_description is None or _plain_text(step_description, 1024))
+    ):
+        return {
+            "state": state,
+            "stage": raw["stage"],
+            "progress": progress,
+            "error": None,
+            "step_name": step_name,
+            "step_description": step_description,
+        }
+    return status_in_schema.load(raw)
+
+
 class AcquireSchema(Schema):
     """The body of an acquire: exactly ``{"acquired": true}`` (SPEC 7.1)."""
 

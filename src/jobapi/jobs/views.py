@@ -13,6 +13,7 @@ from flask import current_app, g, request, url_for
 from werkzeug.routing import BaseConverter
 
 from ..auth import (
+    IDEMPOTENCY_ENVIRON,
     IDEMPOTENCY_HEADER,
     admit_request,
     allow,
@@ -22,7 +23,6 @@ from ..auth import (
 from ..errors import InvalidInput
 from ..extensions import db
 from ..models import JOB_ID_PATTERN
-from ..observability import record_stored_push
 from ..openapi import IDEMPOTENCY_PARAMETER, Blueprint
 from ..transaction import request_connection
 from ..schemas import (
@@ -39,6 +39,7 @@ from ..schemas import (
     job_document,
     job_list_query_schema,
     job_page_schema,
+    load_push,
     ping_schema,
     remove_query_schema,
     status_document,
@@ -118,27 +119,29 @@ def get_job(job_id: str):
 @bp.refuses(400, 404, 409, 415, 422, job_state=(400, 409, 415, 422))
 @bp.doc(parameters=[IDEMPOTENCY_PARAMETER])
 @allow(job=True)
-@takes_json(status_in_schema)
+@takes_json(status_in_schema, load=load_push)
 def push_status(job_id: str):
     """Append a status record to the job, if its state allows the move.
 
     A push with an Idempotency-Key that was already used with the same
     content answers the record it stored then, and writes nothing.
     """
-    idempotency_key = valid_idempotency_key()
-    if idempotency_key is None and IDEMPOTENCY_HEADER in request.headers:
+    incoming = request._get_current_object()
+    context = g._get_current_object()
+    idempotency_key = valid_idempotency_key(incoming)
+    if idempotency_key is None and IDEMPOTENCY_ENVIRON in incoming.environ:
         raise InvalidInput(
             errors={IDEMPOTENCY_HEADER: ["Must be 1 to 128 printable ASCII characters."]}
         )
     pushed = service.push_status(
         request_connection(),
-        g.locked_job,
-        g.body,
+        context.locked_job,
+        context.body,
         idempotency_key=idempotency_key,
         max_records=current_app.config["JOB_MAX_STATUS_RECORDS"],
     )
     if pushed.stored:
-        record_stored_push(pushed.record.state)
+        context.stored_push_state = pushed.record.state  # counted once the request commits
     return status_document(pushed.record)
 
 
