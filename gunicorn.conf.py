@@ -72,7 +72,14 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 # gunicorn's own lines in the app's format (LOG_FORMAT: text or json), on
 # stderr with the app's one line per request. gunicorn's access log would
 # repeat those lines, so it is off unless ACCESS_LOG names a file (or -).
+import logging  # noqa: E402
+
 from jobapi.logs import logging_config  # noqa: E402
+
+# No line shows a record's thread or multiprocessing name: spare every record
+# looking them up (the logging module's own advice on speed).
+logging.logThreads = False
+logging.logMultiprocessing = False
 
 logconfig_dict = logging_config(os.environ.get("LOG_FORMAT"), loglevel, accesslog)
 

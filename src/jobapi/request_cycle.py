@@ -14,9 +14,9 @@ proxy of the request context, on every request.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 from flask import Flask, Response, g, request
 
@@ -41,7 +41,8 @@ def start_request() -> None:
     context = g._get_current_object()
     context.request_started = time.perf_counter()
     supplied = request.environ.get("HTTP_X_REQUEST_ID", "")
-    context.request_id = supplied if REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+    # 128 random bits, as a uuid4's hex, without making the UUID.
+    context.request_id = supplied if REQUEST_ID.fullmatch(supplied) else os.urandom(16).hex()
     read_body()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -466,26 +466,37 @@ ping_schema = PingSchema()
 # contract (and the OpenAPI source); tests check these give what they dump.
 
 
-def status_document(record: Any) -> dict[str, Any]:
-    """A status record (mapped object or row) as ``StatusOutSchema`` dumps it."""
-    timestamp = record.timestamp
+def record_document(
+    state: str, stage: str | None, error: Any, progress: int, timestamp: Any,
+    step_name: str | None = None, step_description: str | None = None,
+) -> dict[str, Any]:
+    """A status record's columns as ``StatusOutSchema`` dumps the record; ``timestamp`` a
+    datetime, or the text documents show when the database wrote it already."""
     document = {
-        "state": record.state,
-        "stage": record.stage,
-        "error": record.error,
-        "progress": record.progress,
-        # Records read for a document come with their time already written.
+        "state": state,
+        "stage": stage,
+        "error": error,
+        "progress": progress,
         "timestamp": timestamp if isinstance(timestamp, str) else format_timestamp(timestamp),
     }
-    if record.step_name is not None:
-        document["step_name"] = record.step_name
-    if record.step_description is not None:
-        document["step_description"] = record.step_description
+    if step_name is not None:
+        document["step_name"] = step_name
+    if step_description is not None:
+        document["step_description"] = step_description
     return document
 
 
-def job_document(job: Any, records: Iterable[Any]) -> dict[str, Any]:
-    """The job document as ``JobOutSchema`` dumps it, from the job and its records in order."""
+def status_document(record: Any) -> dict[str, Any]:
+    """A status record (mapped object or plain record) as ``StatusOutSchema`` dumps it."""
+    return record_document(
+        record.state, record.stage, record.error, record.progress, record.timestamp,
+        record.step_name, record.step_description,
+    )
+
+
+def job_document(job: Any, records: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """The job document as ``JobOutSchema`` dumps it, from the job and its records in order,
+    each the sequence of its columns in ``STATUS_COLUMNS`` order (a row)."""
     return {
         "id": job.id,
         "task": job.task,
@@ -493,7 +504,7 @@ def job_document(job: Any, records: Iterable[Any]) -> dict[str, Any]:
         "proc": job.proc,
         "mem": job.mem,
         "user": {"id": job.user_id, "handle": job.user_id},
-        "status": [status_document(record) for record in records],
+        "status": [record_document(*values) for values in records],
         "workflow": job.task,
         "state": job.state,
         "stage": job.stage,

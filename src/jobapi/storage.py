@@ -229,7 +229,7 @@ class HeldConnection:
     SQLAlchemy's handling (``run_on_driver``).
     """
 
-    __slots__ = ("engine", "connection", "driver", "postgresql", "began", "dbapi_error")
+    __slots__ = ("engine", "connection", "driver", "postgresql", "began", "broken", "dbapi_error")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -240,16 +240,20 @@ class HeldConnection:
         self.postgresql = engine.dialect.name == "postgresql"
         self.dbapi_error = engine.dialect.loaded_dbapi.Error
         self.began = False
+        self.broken = False
 
     @property
     def usable(self) -> bool:
         """Whether SQLAlchemy has not found the connection broken."""
-        return not (self.connection.invalidated or self.connection.closed)
+        return not self.broken
 
     def fail(self, error: Exception, statement: str, parameters: Any) -> None:
         """Raise a driver's error as SQLAlchemy would for its own statement: wrapped, through the
         engine's handle_error events, invalidating the connection after a disconnect."""
-        self.connection._handle_dbapi_exception(error, statement, parameters, None, None)
+        try:
+            self.connection._handle_dbapi_exception(error, statement, parameters, None, None)
+        finally:
+            self.broken = self.connection.invalidated or self.connection.closed
 
     def release(self) -> None:
         """Give the connection back to the pool (which replaces it if it was invalidated)."""

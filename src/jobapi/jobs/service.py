@@ -486,7 +486,7 @@ def status_history(session: Session, job_id: str) -> Sequence[Any]:
     return session.execute(_HISTORY, {"job_id": job_id}).all()
 
 
-def document_history(connection: Connection, job_id: str) -> list[statements.Record]:
+def document_history(connection: Connection, job_id: str) -> list[Sequence[Any]]:
     """A job's status records, oldest first, with their times written as documents show them."""
     return statements.history(connection, job_id)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg.types.json import Json
@@ -133,7 +134,8 @@ class JobRow(JobFacts):
     mem: int | None = None
     user_id: str | None = None
     created_at: datetime | None = None
-    records: list[Record] | None = None
+    # Read for a document only: each record's columns, in ``_RECORD`` order.
+    records: list[Sequence[Any]] | None = None
 
 
 # SQLite keeps times as naive UTC text, the way SQLAlchemy's DateTime writes them.
@@ -162,12 +164,18 @@ def _job(row: tuple, sqlite: bool) -> JobRow:
     return job
 
 
-def _sqlite_record(row: tuple, *, for_document: bool) -> Record:
+def _sqlite_record(row: tuple) -> Record:
     record = Record(*row)
     if record.error is not None:
         record.error = json.loads(record.error)
-    record.timestamp = (_sqlite_document_time if for_document else _sqlite_time)(record.timestamp)
+    record.timestamp = _sqlite_time(record.timestamp)
     return record
+
+
+def _sqlite_document_record(row: tuple) -> tuple:
+    state, stage, error, progress, timestamp, step_name, step_description = row
+    return (state, stage, None if error is None else json.loads(error), progress,
+            _sqlite_document_time(timestamp), step_name, step_description)
 
 
 def read_job(connection: Connection | HeldConnection, job_id: str) -> JobRow | None:
@@ -177,7 +185,7 @@ def read_job(connection: Connection | HeldConnection, job_id: str) -> JobRow | N
         if row is None:
             return None
         job = _job(row[:-1], sqlite=False)
-        job.records = [Record(*values) for values in row[-1] or ()]
+        job.records = row[-1] or []
         return job
     row = run_on_driver(connection, SQLITE["read"], (job_id,)).fetchone()
     if row is None:
@@ -187,13 +195,14 @@ def read_job(connection: Connection | HeldConnection, job_id: str) -> JobRow | N
     return job
 
 
-def history(connection: Connection | HeldConnection, job_id: str) -> list[Record]:
-    """A job's records, oldest first, with their times written as documents show them."""
+def history(connection: Connection | HeldConnection, job_id: str) -> list[Sequence[Any]]:
+    """A job's records, oldest first, each its columns in ``_RECORD`` order, with its time
+    written as documents show it."""
     if is_postgresql(connection):
         (values,) = run_on_driver(connection, POSTGRESQL["history"], (job_id,)).fetchone()
-        return [Record(*record) for record in values or ()]
+        return values or []
     rows = run_on_driver(connection, SQLITE["history"], (job_id,)).fetchall()
-    return [_sqlite_record(row, for_document=True) for row in rows]
+    return [_sqlite_document_record(row) for row in rows]
 
 
 def lock(connection: Connection | HeldConnection, job_id: str, idempotency_key: str | None) -> tuple[JobRow | None, Record | None]:
@@ -222,7 +231,7 @@ def find_replay(connection: Connection | HeldConnection, job_id: str, idempotenc
     row = run_on_driver(connection, (SQLITE if sqlite else POSTGRESQL)["replay"], (job_id, idempotency_key)).fetchone()
     if row is None:
         return None
-    return _sqlite_record(row, for_document=False) if sqlite else Record(*row)
+    return _sqlite_record(row) if sqlite else Record(*row)
 
 
 def append(connection: Connection | HeldConnection, values: dict[str, Any], current: dict[str, Any]) -> bool:
