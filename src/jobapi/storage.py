@@ -271,6 +271,7 @@ def _release_all(held: set[HeldConnection]) -> None:
     # The pool is going: close the connections themselves, not just give them back.
     for connection in list(held):
         held.discard(connection)
+        connection.broken = True  # its thread takes a new one before its next request
         try:
             if not connection.connection.closed:
                 connection.connection.invalidate()
