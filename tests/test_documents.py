@@ -30,3 +30,22 @@ def test_job_document_matches_schema(app, client, make_job):
         assert len(expected["status"]) == 4
     served = client.get(f"/api/jobs/{job.id}", headers=job.auth).json
     assert served == expected
+
+
+def test_what_orjson_cannot_write_is_written_by_flask(client, make_job):
+    # orjson stops at 64-bit integers; JSON (and a job's args) does not.
+    job = make_job(args={"seed": 2**70, "name": "Zoë"})
+    response = client.get(f"/api/jobs/{job.id}", headers=job.auth)
+    assert response.status_code == 200
+    assert response.json["args"] == {"seed": 2**70, "name": "Zoë"}
+    assert response.data.endswith(b"\n")
+
+
+def test_answers_are_written_by_orjson(client, job, monkeypatch):
+    import orjson
+
+    calls = []
+    real = orjson.dumps
+    monkeypatch.setattr(orjson, "dumps", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    assert client.get(f"/api/jobs/{job.id}", headers=job.auth).status_code == 200
+    assert calls

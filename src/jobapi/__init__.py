@@ -12,6 +12,7 @@ from flask import Flask
 
 from .config import DEFAULTS, from_environment, normalize_database_url
 from .extensions import db, migrate
+from .json_provider import FastJSONProvider
 from .sessions import init_sessions
 from .storage import configure_engine, engine_options
 
@@ -62,8 +63,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(url, app.config)
 
-    # Keep keys in the order the documents are written in.
-    app.json.sort_keys = False
+    # Answers written by orjson, keys in the order the documents are written in.
+    app.json = FastJSONProvider(app)
     init_sessions(app)
 
     db.init_app(app)
