@@ -226,36 +226,22 @@ def append_status(
     disagree.
     """
     timestamp = max(utcnow(), job.updated_at)
-    values = {
-        "job_id": job.id,
-        "seq": job.status_count + 1,
-        "state": state,
-        "stage": stage,
-        "error": error,
-        "progress": progress,
-        "timestamp": timestamp,
-        "step_name": step_name,
-        "step_description": step_description,
-        "idempotency_key": idempotency_key,
-        "request_digest": digest if idempotency_key else None,
-    }
-    current = {
-        "state": state,
-        "stage": stage,
-        "progress": progress,
-        "updated_at": timestamp,
-        "status_count": values["seq"],
-    }
-    if not statements.append(connection, values, current):
+    seq = job.status_count + 1
+    # The columns in statements' order: the record's (_INSERT), then the job's current ones (_CURRENT).
+    record = (
+        job.id, seq, state, stage, error, progress, timestamp, step_name, step_description,
+        idempotency_key, digest if idempotency_key else None,
+    )
+    if not statements.append(connection, record, (state, stage, progress, timestamp, seq)):
         return None
     # The row is written: the job in hand says so too, without a flush that
     # would write it again.
-    mapped = isinstance(job, Job)
-    for name, value in current.items():
-        if mapped:
+    current = {"state": state, "stage": stage, "progress": progress, "updated_at": timestamp, "status_count": seq}
+    if isinstance(job, Job):
+        for name, value in current.items():
             set_committed_value(job, name, value)
-        else:
-            setattr(job, name, value)
+    else:
+        job.state, job.stage, job.progress, job.updated_at, job.status_count = state, stage, progress, timestamp, seq
     return statements.Record(
         state=state, stage=stage, error=error, progress=progress, timestamp=timestamp,
         step_name=step_name, step_description=step_description,

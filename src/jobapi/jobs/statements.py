@@ -234,23 +234,22 @@ def find_replay(connection: Connection | HeldConnection, job_id: str, idempotenc
     return _sqlite_record(row) if sqlite else Record(*row)
 
 
-def append(connection: Connection | HeldConnection, values: dict[str, Any], current: dict[str, Any]) -> bool:
-    """Insert a record and make it the job's current state; False, writing nothing, when its
-    Idempotency-Key already stored one."""
-    job_id = values["job_id"]
+def append(connection: Connection | HeldConnection, record: tuple, current: tuple) -> bool:
+    """Insert a record (its columns in ``_INSERT`` order) and make it the job's current state
+    (``_CURRENT`` order); False, writing nothing, when its Idempotency-Key already stored one."""
+    job_id = record[0]
+    error = record[4]
     if is_postgresql(connection):
-        row = dict(values, error=None if values["error"] is None else Json(values["error"]))
-        parameters = tuple(row[name] for name in _INSERT) + tuple(current[name] for name in _CURRENT)
-        return run_on_driver(connection, POSTGRESQL["append"], parameters + (job_id,)).fetchone() is not None
-    row = dict(
-        values,
-        error=None if values["error"] is None else json.dumps(values["error"]),
-        timestamp=_sqlite_text(values["timestamp"]),
-    )
-    if run_on_driver(connection, SQLITE["insert"], tuple(row[name] for name in _INSERT)).fetchone() is None:
+        if error is not None:
+            record = record[:4] + (Json(error),) + record[5:]
+        return run_on_driver(connection, POSTGRESQL["append"], record + current + (job_id,)).fetchone() is not None
+    # SQLite: the error as JSON text, the times as SQLAlchemy writes them.
+    record = (record[:4] + (None if error is None else json.dumps(error), record[5], _sqlite_text(record[6]))
+              + record[7:])
+    if run_on_driver(connection, SQLITE["insert"], record).fetchone() is None:
         return False
-    now = dict(current, updated_at=_sqlite_text(current["updated_at"]))
-    run_on_driver(connection, SQLITE["update"], tuple(now[name] for name in _CURRENT) + (job_id,))
+    current = current[:3] + (_sqlite_text(current[3]),) + current[4:]
+    run_on_driver(connection, SQLITE["update"], current + (job_id,))
     return True
 
 
