@@ -40,7 +40,7 @@ from functools import partial
 from http import HTTPStatus
 from typing import NamedTuple
 
-from gunicorn import http, util
+from gunicorn import glogging, http, util
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.errors import LimitRequestHeaders, NoMoreData, ParseException
 from gunicorn.http.message import Request
@@ -133,6 +133,20 @@ class JsonErrorsMixin:
             util.write_nonblock(client, error_response(captured.status()))
         except Exception:  # the client is gone or will not read: nothing to answer
             self.log.debug("Failed to send error message.")
+
+
+class Logger(glogging.Logger):
+    """gunicorn's logger, which makes no access log line when there is no access log.
+
+    With ``logconfig_dict`` set, gunicorn's own logger gathers every
+    request's fields for its access log (a dict of some 30 of them, headers
+    and environment included) even when that log discards them all. Select
+    it in ``gunicorn.conf.py``: ``logger_class = "jobapi.serving.Logger"``.
+    """
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)
 
 
 class _NeedMore(Exception):
