@@ -281,6 +281,7 @@ def test_gunicorn_conf_trusts_the_proxy_addresses_it_is_given(tmp_path, environm
     assert settings["forwarded_allow_ips"] == trusted
     assert settings["secure_scheme_headers"] == "{'X-FORWARDED-PROTO': 'https'}"
     assert settings["worker_class"] == "jobapi.serving.BufferingWorker"
+    assert settings["logger_class"] == "jobapi.serving.Logger"
 
 
 # gunicorn's logger: an access log line only when there is an access log
@@ -306,20 +307,6 @@ def test_no_access_log_no_access_fields_gathered(monkeypatch):
 
     monkeypatch.setattr(logger, "atoms", gathered)
     logger.access(None, None, {}, None)
-
-
-def test_gunicorn_conf_selects_the_logger(tmp_path):
-    env = {key: value for key, value in os.environ.items() if key != "GUNICORN_CMD_ARGS"}
-    env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path), DATABASE_URL="sqlite://")
-    printed = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--print-config", "wsgi:app"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )
-    assert printed.returncode == 0, printed.stderr
-    settings = dict(
-        (name.strip(), value.strip()) for name, _, value in (line.partition("=") for line in printed.stdout.splitlines())
-    )
-    assert settings["logger_class"] == "jobapi.serving.Logger"
 
 
 def test_an_access_log_asked_for_is_written(app, database_url, tmp_path, job):
