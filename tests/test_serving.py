@@ -18,9 +18,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-
 from conftest import ROOT, LiveServer, start_gunicorn, stop_gunicorn
+from gunicorn.config import Config
 from hostile_clients import latencies_while, raw_exchange, read_response, slow_and_silent_clients, still_waiting
+
+from jobapi.logs import logging_config
+from jobapi.serving import Logger
 
 pytestmark = pytest.mark.e2e
 
@@ -287,20 +290,10 @@ def test_gunicorn_conf_trusts_the_proxy_addresses_it_is_given(tmp_path, environm
 # gunicorn's logger: an access log line only when there is an access log
 
 
-def _logger(accesslog: str | None):
-    from gunicorn.config import Config
-
-    from jobapi.logs import logging_config
-    from jobapi.serving import Logger
-
-    config = Config()
-    config.set("accesslog", accesslog)
-    config.set("logconfig_dict", logging_config("text", "info", accesslog))
-    return Logger(config)
-
-
 def test_no_access_log_no_access_fields_gathered(monkeypatch):
-    logger = _logger(None)
+    config = Config()
+    config.set("logconfig_dict", logging_config("text"))  # accesslog unset, as gunicorn.conf.py leaves it
+    logger = Logger(config)
 
     def gathered(*args):
         raise AssertionError("access log fields gathered with no access log")
