@@ -66,7 +66,7 @@ secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
 control_socket_disable = True
 
 accesslog = os.environ.get("ACCESS_LOG") or None
-# Gathers a request's access log fields only when ACCESS_LOG names a log.
+# Gathers a request's access log fields only when the access log would write them.
 logger_class = "jobapi.serving.Logger"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")

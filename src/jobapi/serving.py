@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import selectors
 import socket
@@ -136,16 +137,18 @@ class JsonErrorsMixin:
 
 
 class Logger(glogging.Logger):
-    """gunicorn's logger, which makes no access log line when there is no access log.
+    """gunicorn's logger, which gathers an access log line only when its access logger would write it.
 
     With ``logconfig_dict`` set, gunicorn's own logger gathers every
     request's fields for its access log (a dict of some 30 of them, headers
-    and environment included) even when that log discards them all. Select
-    it in ``gunicorn.conf.py``: ``logger_class = "jobapi.serving.Logger"``.
+    and environment included) even when the ``gunicorn.access`` logger's
+    level then discards the line, as jobapi's logging configuration does
+    unless ``ACCESS_LOG`` names a log. Select it in ``gunicorn.conf.py``:
+    ``logger_class = "jobapi.serving.Logger"``.
     """
 
     def access(self, resp, req, environ, request_time) -> None:
-        if self.cfg.accesslog:
+        if self.access_log.isEnabledFor(logging.INFO):
             super().access(resp, req, environ, request_time)
 
 
