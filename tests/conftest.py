@@ -68,9 +68,15 @@ def _secret_key_file(tmp_path_factory) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory) -> Iterator[str]:
-    """A fresh, empty database for this test session."""
+    """A fresh, empty database for this test session.
+
+    On PostgreSQL its name is TEST_DATABASE_URL's with this run's process id
+    added (``jobapi_test_12345``), so two runs against one server never drop
+    each other's database.
+    """
     if TEST_DATABASE_URL:
-        url = normalize_database_url(TEST_DATABASE_URL)
+        base = make_url(normalize_database_url(TEST_DATABASE_URL))
+        url = base.set(database=f"{base.database}_{os.getpid()}").render_as_string(hide_password=False)
         _recreate_postgresql_database(url)
         yield url
         _drop_postgresql_database(url)
