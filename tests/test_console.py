@@ -168,7 +168,7 @@ def test_a_revoked_token_signs_the_operator_out_on_the_next_page(app, console, j
     assert fragment.status_code == 401
     page = console.get(f"/console/jobs/{job.id}")
     assert page.status_code == 302 and page.headers["Location"].startswith("/console/sign-in")
-    assert "operator" not in session_data(app, console)
+    assert "sid" not in session_data(app, console)
     form = console.get(page.headers["Location"])
     assert "Your token was revoked or is no longer valid: sign in again." in text(form)
     assert console.get("/console/").status_code == 302
@@ -199,11 +199,12 @@ def test_the_session_cookie_is_httponly_strict_and_scoped_to_the_console(app, cl
     assert "SameSite=Strict" in flags
     assert "Path=/console" in flags
     assert "Secure" not in flags  # plain HTTP: a Secure cookie would never come back
-    # The session holds the token's id, never its secret.
+    # The session names its sign-in by a random id, never the token or its digest
+    # (tests/test_console_sessions.py has the rest).
     data = session_data(app, client)
     with app.app_context():
         token = db.session.scalars(select(ApiToken).where(ApiToken.name == "ops")).one()
-    assert data["operator"] == token.id
+    assert len(data["sid"]) == 43
     assert operator not in repr(data) and token.token_digest not in repr(data)
 
 

@@ -1,4 +1,5 @@
-"""Database models: a job (``jobs``) and its status records (``job_status``)."""
+"""Database models: a job (``jobs``) and its status records (``job_status``), operators' and
+runners' tokens (``api_tokens``) and the console's sign-ins (``console_sessions``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from .extensions import db
 from .jobs.states import FINAL_STATES, STATES, state_check_constraint
 
-__all__ = ["FINAL_STATES", "STATES", "ROLES", "JOB_ID_PATTERN", "Job", "JobStatus", "ApiToken", "utcnow"]
+__all__ = [
+    "FINAL_STATES", "STATES", "ROLES", "JOB_ID_PATTERN", "Job", "JobStatus", "ApiToken", "ConsoleSession", "utcnow",
+]
 
 ROLES = ("operator", "runner")
 # A job's id: 8 characters of a-z and 0-9, made by the server. The one definition of its
@@ -188,7 +191,13 @@ class ApiToken(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (CheckConstraint("role IN ('operator', 'runner')", name="role"),)
+    __table_args__ = (
+        CheckConstraint("role IN ('operator', 'runner')", name="role"),
+        # An id is never given again, even after its token is deleted (SQLite's
+        # AUTOINCREMENT; PostgreSQL's sequence never goes back): whatever names a
+        # token by its id can never come to name another.
+        {"sqlite_autoincrement": True},
+    )
 
     @property
     def active(self) -> bool:
@@ -196,3 +205,24 @@ class ApiToken(db.Model):
 
     def __repr__(self) -> str:
         return f"<ApiToken {self.name} {self.role}>"
+
+
+class ConsoleSession(db.Model):
+    """A console sign-in, named in its cookie by a random id of which only the digest is kept.
+
+    It ends when its row goes: at sign-out, when its token is revoked or
+    deleted (a deleted token takes its sessions with it), or when it expires.
+    """
+
+    __tablename__ = "console_sessions"
+
+    # SHA-256 hex digest of the random id the session's cookie carries.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+    def __repr__(self) -> str:
+        return f"<ConsoleSession of token {self.token_id} until {self.expires_at}>"

@@ -4,8 +4,9 @@ Before the view: the request gets its id (the client's ``X-Request-ID`` if
 it is safe to log, else a new one) and its clock starts, then its body is
 read whole within the limit (``payload.read_body``). After the view: its
 transaction is committed or rolled back (``transaction.end_transaction``,
-which may turn the answer into a 503), its id is echoed, and it is logged
-and counted (``observability.observe``). Then, whatever happened, its
+which may turn the answer into a 503), its id is echoed beside
+``X-Content-Type-Options: nosniff``, and it is logged and counted
+(``observability.observe``). Then, whatever happened, its
 connection is left clean (``transaction.release``).
 
 Two hooks rather than one per concern: Flask calls each hook through a
@@ -50,6 +51,9 @@ def finish_request(response: Response) -> Response:
     """End the transaction, echo the request's id, log and count the answer."""
     response = transaction.end_transaction(response)
     context = g._get_current_object()
-    response.headers["X-Request-ID"] = context.get("request_id", "")
+    headers = response.headers
+    headers["X-Request-ID"] = context.get("request_id", "")
+    # No browser may take an answer for anything but its Content-Type says.
+    headers["X-Content-Type-Options"] = "nosniff"
     observability.observe(response, context)
     return response

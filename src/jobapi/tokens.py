@@ -6,12 +6,12 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from .exceptions import TokenExists, TokenNotFound
 from .keys import hash_key, looks_like_token, make_token
-from .models import ApiToken, utcnow
+from .models import ApiToken, ConsoleSession, utcnow
 from .storage import begin_write
 
 
@@ -47,21 +47,34 @@ def _named(session: Session, name: str) -> ApiToken:
     return token
 
 
+def _end_console_sessions(session: Session, token: ApiToken) -> None:
+    # Its console sign-ins end with it, on every copy of their cookies.
+    session.execute(delete(ConsoleSession).where(ConsoleSession.token_id == token.id))
+
+
 def revoke_token(session: Session, name: str) -> bool:
-    """Revoke a token by name at once; False if it was already revoked."""
+    """Revoke a token by name at once, ending its console sign-ins; False if it was already revoked."""
     begin_write(session)
     token = _named(session, name)
     if token.revoked_at is not None:
         return False
     token.revoked_at = utcnow()
+    _end_console_sessions(session, token)
     session.flush()
     return True
 
 
 def delete_token(session: Session, name: str) -> None:
-    """Delete a token by name: it stops working at once, and its name is free again."""
+    """Delete a token by name: it and its console sign-ins stop working at once, and its name is free again.
+
+    Its id is never given to another token (``ApiToken``), and its sign-ins
+    are deleted here as well as by the foreign key's cascade, which SQLite
+    applies only on connections that turned foreign keys on.
+    """
     begin_write(session)
-    session.delete(_named(session, name))
+    token = _named(session, name)
+    _end_console_sessions(session, token)
+    session.delete(token)
     session.flush()
 
 

@@ -3,9 +3,9 @@
 Pages call these functions, never the service modules directly, so the
 console follows the same rules as the API and the CLI. The domain's
 refusals become a ``Refused`` with the message the page shows and the
-status ``errors.py`` gives them, in one place (``refusals``). Two reads the
-service modules have no function for are here too: counts by state within
-the task and user filters, and the operator a session names.
+status ``errors.py`` gives them, in one place (``refusals``). Counts by
+state within the task and user filters, which the service modules have no
+function for, are here too; sign-ins are ``signins``'.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from marshmallow import ValidationError
@@ -27,8 +28,9 @@ from ..jobs import pages, service
 from ..models import STATES, ApiToken, Job
 from ..payload import loads_strict
 from ..schemas import job_create_schema
+from . import signins
 
-OPERATOR = "operator"
+OPERATOR = signins.OPERATOR
 
 
 class Refused(Exception):
@@ -60,24 +62,33 @@ def refusals() -> Iterator[None]:
 # Who is signed in
 
 
-def sign_in(secret: str) -> ApiToken:
-    """The operator token a person signs in with; runner tokens and job keys are refused."""
+@dataclass(frozen=True)
+class SignIn:
+    """An operator signed in, and the random id that names the sign-in in the cookie."""
+
+    token: ApiToken
+    session_id: str
+
+
+def sign_in(secret: str, lifetime: timedelta) -> SignIn:
+    """Sign a person in with an operator token for ``lifetime``; runner tokens and job keys are refused."""
     token = tokens.find_token(db.session, secret.strip())
     if token is None:
         raise Refused("Invalid or revoked token", 401)
     if token.role != OPERATOR:
         raise Refused(f"That is a {token.role}'s token: the console takes an operator's token", 403)
-    return token
+    return SignIn(token=token, session_id=signins.begin(db.session, token, lifetime))
 
 
-def signed_in_operator(token_id: Any) -> ApiToken | None:
-    """The operator token a session names, while it is active; None once revoked or gone."""
-    if not isinstance(token_id, int) or isinstance(token_id, bool):
-        return None
-    token = db.session.get(ApiToken, token_id)
-    if token is None or token.revoked_at is not None or token.role != OPERATOR:
-        return None
-    return token
+def signed_in_operator(session_id: Any) -> ApiToken | None:
+    """The operator token a cookie's sign-in names, while both last; None once signed out,
+    expired, revoked or deleted."""
+    return signins.operator_of(db.session, session_id)
+
+
+def sign_out(session_id: Any) -> None:
+    """End the sign-in a cookie names, for every copy of the cookie."""
+    signins.end(db.session, session_id)
 
 
 # Jobs

@@ -1,6 +1,11 @@
 """The console's pages and the hooks that guard them: CSRF on every form, a signed-in operator
 on every page but sign-in, HTML (never JSON, never a stack trace) for every error.
 
+A form's route has one view for GET (its page, which HEAD runs too, as Flask
+answers HEAD with the GET view) and another for POST (what it does), so HEAD
+never runs a view that writes; a route that takes only POST answers 405 to
+HEAD and GET.
+
 As on every route, the request's transaction is committed when a page answers
 below 400 (``jobapi.transaction``); a refused action rolls back at once."""
 
@@ -25,7 +30,8 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import exc as sa_exc
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
+from werkzeug.urls import iri_to_uri
 
 from ..extensions import csrf, db
 from ..models import FINAL_STATES, STATES
@@ -36,12 +42,15 @@ from .timeline import entries, format_duration, segments
 
 log = logging.getLogger(__name__)
 
-# The session key that names the signed-in operator's token (its id, never its secret).
-OPERATOR_KEY = "operator"
+# The session key whose value names the sign-in (a random id; the server keeps its digest).
+SESSION_KEY = "sid"
 # Pages anyone may open.
-PUBLIC_ENDPOINTS = frozenset({"console.sign_in"})
-# Forms that change jobs: their transaction writes from its start (storage.begin_write).
-WRITING_ENDPOINTS = frozenset({"console.new_job", "console.cancel", "console.remove"})
+PUBLIC_ENDPOINTS = frozenset({"console.sign_in", "console.sign_in_submitted", "console.not_found"})
+# Forms that write: their transaction writes from its start (storage.begin_write).
+WRITING_ENDPOINTS = frozenset({
+    "console.sign_in_submitted", "console.sign_out", "console.new_job_submitted", "console.cancel",
+    "console.remove_confirmed",
+})
 # The live page parts that scripts fetch every few seconds.
 FRAGMENT_ENDPOINTS = frozenset({"console.jobs_live", "console.job_live"})
 
@@ -52,6 +61,9 @@ CONTENT_SECURITY_POLICY = (
 )
 REFRESH_SECONDS = 2
 _TASK = re.compile(TASK_PATTERN)
+# Characters a page to come back to may not hold: controls (CR and LF among them), which no
+# header may carry, and white space.
+_NOT_IN_NEXT = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 
 
 # Hooks
@@ -69,13 +81,13 @@ def admit():
         )
     if request.method == "POST":
         csrf.protect()
-    if request.method == "POST" and request.endpoint in WRITING_ENDPOINTS:
+    if request.endpoint in WRITING_ENDPOINTS:
         begin_write(db.session)
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    operator = actions.signed_in_operator(session.get(OPERATOR_KEY))
+    operator = actions.signed_in_operator(session.get(SESSION_KEY))
     if operator is None:
-        if OPERATOR_KEY in session:
+        if SESSION_KEY in session:
             session.clear()
             flash("Your token was revoked or is no longer valid: sign in again.", "error")
         if request.endpoint in FRAGMENT_ENDPOINTS:
@@ -148,38 +160,53 @@ def _here() -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    """Where to go after sign-in: a console page of this site, never another site."""
+    """Where to go after sign-in: a console page of this site, never another site, and never
+    anything a header could not carry as it is (CR, LF, other controls): the console's first page then."""
     prefix = url_for("console.jobs")
-    if target and target.startswith(prefix) and not target.startswith("//") and "\\" not in target:
-        return target
+    if (
+        target
+        and target.startswith(prefix)
+        and not target.startswith("//")
+        and "\\" not in target
+        and not _NOT_IN_NEXT.search(target)
+    ):
+        # Any other character outside ASCII is percent-encoded for the Location header.
+        return iri_to_uri(target)
     return prefix
 
 
-@bp.route("/sign-in", methods=["GET", "POST"])
+@bp.get("/sign-in")
 def sign_in():
-    """Ask for an operator token; keep the operator signed in with the session cookie."""
-    next_page = _safe_next(request.values.get("next"))
-    if request.method == "GET":
-        if actions.signed_in_operator(session.get(OPERATOR_KEY)) is not None:
-            return redirect(next_page)
-        return render_template("console/sign_in.html", next_page=next_page)
+    """Ask for an operator token (or go on, if already signed in)."""
+    next_page = _safe_next(request.args.get("next"))
+    if actions.signed_in_operator(session.get(SESSION_KEY)) is not None:
+        return redirect(next_page)
+    return render_template("console/sign_in.html", next_page=next_page)
+
+
+@bp.post("/sign-in")
+def sign_in_submitted():
+    """Sign the operator in: a new sign-in on the server, named by the session cookie."""
+    next_page = _safe_next(request.form.get("next"))
     try:
-        token = actions.sign_in(request.form.get("token", ""))
+        signed_in = actions.sign_in(request.form.get("token", ""), current_app.permanent_session_lifetime)
     except actions.Refused as refused:
         return render_template(
             "console/sign_in.html", next_page=next_page, refusal=refused.message
         ), refused.status
-    # A new session: nothing from before sign-in (a CSRF token included) is carried over.
+    # Any earlier sign-in of this browser ends; nothing from before (a CSRF token included) is carried over.
+    actions.sign_out(session.get(SESSION_KEY))
     session.clear()
-    session[OPERATOR_KEY] = token.id
+    session[SESSION_KEY] = signed_in.session_id
     session.permanent = True
-    flash(f"Signed in as {token.name}.", "info")
+    flash(f"Signed in as {signed_in.token.name}.", "info")
     return redirect(next_page, 303)
 
 
 @bp.post("/sign-out")
 def sign_out():
-    """Forget the operator: the session cookie is cleared."""
+    """End the sign-in on the server (every copy of the cookie with it) and clear the cookie."""
+    actions.sign_out(session.get(SESSION_KEY))
     session.clear()
     flash("Signed out.", "info")
     return redirect(url_for("console.sign_in"), 303)
@@ -268,11 +295,15 @@ def job_live(job_id: str):
 NEW_JOB_DEFAULTS = {"task": "", "user": "", "args": "{}", "proc": "1", "mem": "1"}
 
 
-@bp.route("/jobs/new", methods=["GET", "POST"])
+@bp.get("/jobs/new")
 def new_job():
+    """The form that makes a job."""
+    return render_template("console/new_job.html", form=NEW_JOB_DEFAULTS, errors={})
+
+
+@bp.post("/jobs/new")
+def new_job_submitted():
     """Make a job; its key is shown on the answer to the form, once."""
-    if request.method == "GET":
-        return render_template("console/new_job.html", form=NEW_JOB_DEFAULTS, errors={})
     form = {name: request.form.get(name, default) for name, default in NEW_JOB_DEFAULTS.items()}
     try:
         made = actions.make_job(form)
@@ -297,12 +328,15 @@ def cancel(job_id: str):
     return redirect(url_for("console.job", job_id=job_id), 303)
 
 
-@bp.route("/jobs/<job_id>/remove", methods=["GET", "POST"])
+@bp.get("/jobs/<job_id>/remove")
 def remove(job_id: str):
-    """Ask to confirm, then delete a job and its records (an active job only by force)."""
-    if request.method == "GET":
-        job = actions.get_job(job_id)
-        return render_template("console/remove.html", job=job)
+    """Ask to confirm the removal of a job."""
+    return render_template("console/remove.html", job=actions.get_job(job_id))
+
+
+@bp.post("/jobs/<job_id>/remove")
+def remove_confirmed(job_id: str):
+    """Delete a job and its records (an active job only by force)."""
     force = request.form.get("force") == "1"
     try:
         actions.remove_job(job_id, force=force)
@@ -314,9 +348,22 @@ def remove(job_id: str):
     return redirect(url_for("console.jobs"), 303)
 
 
+# The console's own methods beside the catch-all below: OPTIONS is Flask's, on every route.
+_CATCH_ALL_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 @bp.route("/<path:anything>")
 def not_found(anything: str):
-    """Any other path under the console: an HTML 404."""
+    """Any other path under the console: an HTML 404, or 405 for a route that takes other methods.
+
+    The router prefers this rule to a 405 when another rule has the path but
+    not the method (a GET or HEAD on a form's POST-only route): that answer
+    is 405, with the methods the route takes.
+    """
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    taken = set(adapter.allowed_methods()) - _CATCH_ALL_METHODS
+    if taken:
+        raise MethodNotAllowed(valid_methods=sorted(taken | {"OPTIONS"}))
     return _message("Not found", "There is no such page in the console.", 404)
 
 
@@ -348,7 +395,9 @@ def csrf_refused(error: CSRFError):
 def http_error(error: HTTPException):
     if isinstance(error, InternalServerError):
         return internal_error(error)
-    return _message(error.name, error.description or "", error.code or 500)
+    # The exception's own headers (Allow on a 405), not its HTML type.
+    headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+    return _message(error.name, error.description or "", error.code or 500, **headers)
 
 
 @bp.errorhandler(InternalServerError)
