@@ -112,7 +112,7 @@ def formatted_line(client, job, caplog, formatter: logging.Formatter) -> str:
 def test_text_line(client, job, caplog):
     line = formatted_line(client, job, caplog, TextFormatter())
     assert re.fullmatch(
-        TEXT_PREFIX + rf"GET /api/jobs/<job_id> 200 \d+\.\dms job_id={job.id} request_id=req-fmt", line
+        TEXT_PREFIX + rf"GET /api/jobs/<job_id> 200 \d+\.\dms job_id={job.id} request_id=req-fmt client=127\.0\.0\.1", line
     ), line
 
 
@@ -124,9 +124,9 @@ def test_json_line(client, job, caplog):
     assert document["logger"] == REQUEST_LOGGER
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", document["time"])
     assert isinstance(document["pid"], int)
-    assert {k: document[k] for k in ("method", "route", "status", "job_id", "request_id")} == {
+    assert {k: document[k] for k in ("method", "route", "status", "job_id", "request_id", "client")} == {
         "method": "GET", "route": "/api/jobs/<job_id>", "status": 200, "job_id": job.id,
-        "request_id": "req-fmt",
+        "request_id": "req-fmt", "client": "127.0.0.1",
     }
     assert isinstance(document["duration_ms"], float)
 
@@ -185,7 +185,8 @@ def test_gunicorn_text_log(live_server, job):
 
     [line] = wait_for_line(live_server, "text-log-1")
     assert re.fullmatch(
-        TEXT_PREFIX + rf"GET /api/jobs/<job_id> 200 \d+\.\dms job_id={job.id} request_id=text-log-1", line
+        TEXT_PREFIX + rf"GET /api/jobs/<job_id> 200 \d+\.\dms job_id={job.id} request_id=text-log-1 client=127\.0\.0\.1",
+        line,
     ), line
     log = live_server.log().splitlines()
     # gunicorn's own lines share the format...
@@ -220,9 +221,9 @@ def test_gunicorn_json_log(json_server, job):
         d["logger"] == "gunicorn.error" and d["message"].startswith("Booting worker") for d in documents
     )
     [read] = [d for d in documents if d.get("request_id") == "json-log-1"]
-    assert {k: read[k] for k in ("logger", "method", "route", "status", "job_id")} == {
+    assert {k: read[k] for k in ("logger", "method", "route", "status", "job_id", "client")} == {
         "logger": REQUEST_LOGGER, "method": "GET", "route": "/api/jobs/<job_id>", "status": 200,
-        "job_id": job.id,
+        "job_id": job.id, "client": "127.0.0.1",
     }
     [missing] = [d for d in documents if d.get("request_id") == "json-log-2"]
     assert (missing["route"], missing["status"], missing["job_id"]) == (None, 404, None)

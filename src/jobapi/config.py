@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from .client_address import DEFAULT_TRUSTED_PROXIES, proxy_networks
+
 DEFAULTS: dict[str, Any] = {
     # Unset: an embedded SQLite file in the instance folder (see create_app).
     "SQLALCHEMY_DATABASE_URI": None,
@@ -39,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "JOB_ACQUIRE": "runner",
     # "text" (gunicorn's line format) or "json" (one object a line); see logs.py.
     "LOG_FORMAT": "text",
+    # Peers whose X-Forwarded-For names the client in log lines: comma-separated
+    # addresses or networks (client_address.py). Loopback: nginx on this machine.
+    "TRUSTED_PROXIES": DEFAULT_TRUSTED_PROXIES,
     # Signs the console's session cookie. Unset: a random key kept in
     # SECRET_KEY_FILE (default: secret_key in the instance folder); see sessions.py.
     "SECRET_KEY": None,
@@ -82,6 +87,12 @@ def log_format(value: str) -> str:
     return value
 
 
+def address_list(value: str) -> str:
+    """A ``TRUSTED_PROXIES`` value, checked: comma-separated addresses or networks."""
+    proxy_networks(value)
+    return value
+
+
 def parse_bool(value: str) -> bool:
     """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``."""
     lowered = value.strip().lower()
@@ -104,6 +115,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "JOB_KEY_GRACE_SECONDS": ("JOB_KEY_GRACE_SECONDS", float),
     "RETRY_AFTER_SECONDS": ("RETRY_AFTER_SECONDS", int),
     "LOG_FORMAT": ("LOG_FORMAT", log_format),
+    "TRUSTED_PROXIES": ("TRUSTED_PROXIES", address_list),
     "JOB_MAX_STATUS_RECORDS": ("JOB_MAX_STATUS_RECORDS", positive_int),
     "JOB_ACQUIRE": ("JOB_ACQUIRE", acquire_mode),
     "SECRET_KEY": ("SECRET_KEY", str),

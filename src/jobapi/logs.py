@@ -2,13 +2,14 @@
 
 Text lines look like gunicorn's own::
 
-    [2025-05-01 12:00:00 +0000] [4242] [INFO] GET /api/jobs/<job_id> 200 3.1ms job_id=zzpugkyt request_id=9f1c...
+    [2025-05-01 12:00:00 +0000] [4242] [INFO] GET /api/jobs/<job_id> 200 3.1ms job_id=zzpugkyt request_id=9f1c... client=203.0.113.7
 
 JSON lines carry the same facts as fields::
 
     {"time": "2025-05-01T12:00:00.123456Z", "level": "INFO", "logger": "jobapi.request", "pid": 4242,
      "message": "GET /api/jobs/<job_id> 200 3.1ms", "method": "GET", "route": "/api/jobs/<job_id>",
-     "status": 200, "duration_ms": 3.1, "job_id": "zzpugkyt", "request_id": "9f1c..."}
+     "status": 200, "duration_ms": 3.1, "job_id": "zzpugkyt", "request_id": "9f1c...",
+     "client": "203.0.113.7"}
 
 Any line logged while a request is served names its request id.
 """
@@ -40,7 +41,7 @@ def _current_request_id() -> str | None:
 
 
 class TextFormatter(logging.Formatter):
-    """gunicorn's line format, then ``job_id=`` and ``request_id=`` when the record has them."""
+    """gunicorn's line format, then ``job_id=``, ``request_id=`` and ``client=`` when the record has them."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT, TEXT_DATE_FORMAT)
@@ -65,6 +66,8 @@ class TextFormatter(logging.Formatter):
         request_id = fields.get("request_id") or _current_request_id()
         if request_id:
             line += f" request_id={request_id}"
+        if "client" in fields:
+            line += f" client={fields['client']}"
         return line
 
 

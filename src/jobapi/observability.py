@@ -12,17 +12,23 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import metrics
+from .client_address import ClientAddress, proxy_networks
 from .jobs.service import is_job_id, loaded_id
 from .logs import FIELDS_ATTRIBUTE, init_app_logging
 from .openapi import Api
 
 request_log = logging.getLogger("jobapi.request")
 
+# app.extensions key: the app's ClientAddress (its TRUSTED_PROXIES).
+CLIENT_ADDRESS_EXTENSION = "jobapi.client_address"
+
 
 def init_observability(app: Flask, api: Api) -> None:
-    """Let the request log reach stderr, and serve ``/metrics`` (``observe`` is called by
-    ``jobapi.request_cycle`` for every request)."""
+    """Let the request log reach stderr, learn which proxies to believe about the client's
+    address, and serve ``/metrics`` (``observe`` is called by ``jobapi.request_cycle`` for
+    every request)."""
     init_app_logging(app)
+    app.extensions[CLIENT_ADDRESS_EXTENSION] = ClientAddress(proxy_networks(app.config["TRUSTED_PROXIES"]))
     api.register_blueprint(metrics.bp)
 
 
@@ -87,6 +93,7 @@ def observe(response: Response, context) -> None:
         "duration_ms": round(seconds * 1000, 1),
         "job_id": _job_id(context),
         "request_id": context.get("request_id"),
+        "client": current_app.extensions[CLIENT_ADDRESS_EXTENSION](incoming.environ),
     }
     if request_log.isEnabledFor(logging.INFO):
         # A record made directly: Logger.info would also look up the calling
