@@ -150,6 +150,27 @@ SQLITE_MIN_FREE_BYTES = 1024 * 1024
 
 # connection record info key: the file was not writable when the connection was opened.
 _OPENED_READ_ONLY = "jobapi_opened_read_only"
+# connection record info key: (path, (device, inode)) of the file the connection opened.
+_OPENED_FILE = "jobapi_opened_file"
+
+
+def sqlite_file_identity(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the file at ``path``; None if there is none. One stat() call."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def sqlite_file_changed(info: dict[str, Any]) -> bool:
+    """Whether the file a connection opened (its record's ``info``) was deleted or replaced since.
+
+    A connection keeps the file it opened, deleted or not: its writes would
+    go where no new connection looks, and vanish with the last connection.
+    """
+    opened = info.get(_OPENED_FILE)
+    return opened is not None and sqlite_file_identity(opened[0]) != opened[1]
 
 
 def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
@@ -157,11 +178,16 @@ def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
     busy_ms = int(config["SQLITE_BUSY_TIMEOUT"] * 1000)
     path = engine.url.database or ""
     on_disk = path not in ("", ":memory:") and not path.startswith("file:")
+    # Once the file has existed, its absence is a fault, not a database to make:
+    # a new connection would make an empty file where the database was.
+    existed = [on_disk and os.path.exists(path)]
 
     if on_disk:
 
         @event.listens_for(engine, "do_connect")
         def note_writability(_dialect, record, _cargs, _cparams):
+            if existed[0] and not os.path.exists(path):
+                raise sqlite3.OperationalError(f"the database file {path} is gone (deleted or moved away)")
             # SQLite opens a file it may not write read-only, and the
             # connection stays so; the checkout below replaces it once the
             # file can be written again.
@@ -171,6 +197,8 @@ def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
         def replace_read_only(_dbapi_connection, record, _proxy):
             if record.info.get(_OPENED_READ_ONLY) and sqlite_read_only(path) is None:
                 raise sa_exc.DisconnectionError("opened read-only; the file is writable again")
+            if sqlite_file_changed(record.info):
+                raise sa_exc.DisconnectionError("the database file was deleted or replaced")
 
     @event.listens_for(engine, "handle_error")
     def on_error(context):
@@ -180,7 +208,7 @@ def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
             context.is_disconnect = True
 
     @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection, _record):  # pragma: no cover - exercised via SQLite tests
+    def on_connect(dbapi_connection, record):  # pragma: no cover - exercised via SQLite tests
         # Take over BEGIN from the sqlite3 module so a writing transaction can
         # begin IMMEDIATE: a reader that later tries to write gets SQLITE_BUSY
         # at once, without waiting on the busy timeout.
@@ -191,6 +219,9 @@ def _configure_sqlite(engine: Engine, config: dict[str, Any]) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        if on_disk:
+            record.info[_OPENED_FILE] = (path, sqlite_file_identity(path))
+            existed[0] = True
 
 
 def _begin_writes(engine: Engine, statement: str) -> None:
@@ -301,13 +332,14 @@ def held_connection(engine: Engine, *, write: bool = False) -> HeldConnection:
         held = _HELD.connections = weakref.WeakKeyDictionary()
     connection = held.get(engine)
     if connection is not None and connection.usable:
-        if not (write and _opened_read_only(connection)):
+        if not (write and _opened_read_only(connection)) and not _sqlite_file_changed(connection):
             return connection
     everyone = _ALL_HELD.get(engine)
     if connection is not None:
         if everyone is not None:
             everyone.discard(connection)
         connection.release()
+        del held[engine]  # should no new one be made (the database is gone), none is held
     connection = held[engine] = HeldConnection(engine)
     if everyone is not None:
         everyone.add(connection)
@@ -320,6 +352,12 @@ def _opened_read_only(connection: HeldConnection) -> bool:
     if connection.postgresql:
         return connection.driver.info.parameter_status("default_transaction_read_only") == "on"
     return bool(connection.connection.connection.info.get(_OPENED_READ_ONLY))
+
+
+def _sqlite_file_changed(connection: HeldConnection) -> bool:
+    """Whether a held SQLite connection's file was deleted or replaced (then the pool's checkout
+    does not let it out again, and a new one is opened on the file there now, if any)."""
+    return not connection.postgresql and sqlite_file_changed(connection.connection.connection.info)
 
 
 def is_postgresql(connection: Connection | HeldConnection) -> bool:
