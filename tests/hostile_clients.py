@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,9 +26,18 @@ class RawResponse:
         return json.loads(self.body)
 
 
+# What a read took from a socket past the answer it read: the start of the next answer, which the
+# next read_response() of that socket begins with.
+_READ_AHEAD: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_response(sock: socket.socket) -> RawResponse:
-    """Read one answer (skipping 1xx ones) from ``sock``, up to its Content-Length or to the connection's end."""
-    data = b""
+    """Read one answer (skipping 1xx ones) from ``sock``, up to its Content-Length or to the connection's end.
+
+    Answers to pipelined requests may arrive in one read: what follows this
+    answer is kept for the next call.
+    """
+    data = _READ_AHEAD.pop(sock, b"")
     while True:
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)
@@ -51,6 +61,8 @@ def read_response(sock: socket.socket) -> RawResponse:
                 break
             data += chunk
         body = data[:length]
+        if data[length:]:
+            _READ_AHEAD[sock] = data[length:]
     else:
         while chunk := sock.recv(65536):
             data += chunk
