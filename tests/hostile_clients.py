@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import selectors
 import socket
 import threading
 import time
@@ -154,3 +156,65 @@ def latencies_while(url: str, seconds: float, **request_args) -> list[tuple[floa
         answers.append((time.monotonic() - started, status))
         time.sleep(0.05)
     return answers
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: flood\r\n\r\n"
+
+
+def _answered(data: bytes) -> bool:
+    head, found, body = data.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
+
+
+def raise_open_files_limit(needed: int) -> None:
+    """Let this process hold ``needed`` sockets (up to the hard limit), or fail saying why."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise RuntimeError(f"this process may open {hard} files at most; the test needs {needed}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+@contextmanager
+def idle_connections(port: int, count: int, *, request: bool, seconds: float = 30.0) -> Iterator[list[socket.socket]]:
+    """Open ``count`` connections, oldest first; with ``request``, each sends ``GET /healthz`` (keep-alive)
+    and reads its answer, within ``seconds`` for all of them. Then they stay open, idle, until the block
+    ends. Yields the sockets, in the order they were opened."""
+    raise_open_files_limit(count + 256)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if request:
+                sock.sendall(HEALTHZ)
+            sockets.append(sock)
+        if request:
+            received = {sock: b"" for sock in sockets}
+            selector = selectors.DefaultSelector()
+            for sock in sockets:
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ)
+            deadline = time.monotonic() + seconds
+            while selector.get_map() and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.5):
+                    sock = key.fileobj
+                    try:
+                        chunk = sock.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        chunk = b""
+                    received[sock] += chunk
+                    if not chunk or _answered(received[sock]):
+                        selector.unregister(sock)
+            selector.close()
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()

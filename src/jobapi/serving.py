@@ -21,6 +21,17 @@ gets the parsed request (a chunked one is parsed again from the bytes
 received), so the event loop and the thread always agree on where a request
 ends.
 
+Idle connections (kept alive between requests, or opened and silent since)
+cost the worker a socket each, and gunicorn stops accepting once a worker
+holds ``worker_connections`` (1,000) of any kind: a few thousand idle
+connections would shut everyone else out until they time out. So a worker
+keeps at most ``MAX_IDLE_CONNECTIONS`` (default 500) idle connections and
+closes the one idle longest to make room, as nginx reuses its idle
+connections; it does the same rather than stop accepting when it holds
+``worker_connections``, or when the process has no file descriptor left
+(without an idle connection to close, it pauses accepting briefly instead of
+failing).
+
 Errors gunicorn answers itself (400, 414, 431, ...) use the API's JSON
 envelope instead of gunicorn's HTML page, in this worker and, through
 ``JsonErrorsMixin``, in any other.
@@ -64,6 +75,14 @@ LINGER_BYTES = 256 * 1024
 SWEEP_SECONDS = 0.25
 # The longest a thread waits on a client that does not read its answer.
 SEND_TIMEOUT_SECONDS = 30.0
+# Idle connections a worker keeps at most (MAX_IDLE_CONNECTIONS); past it, the
+# one idle longest is closed.
+MAX_IDLE_CONNECTIONS = 500
+# accept() errors that mean the process (or the system) has no room for
+# another connection now: a file descriptor, or kernel memory.
+_NO_ROOM_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# How long a worker with no room and no idle connection to close stops accepting.
+NO_ROOM_PAUSE_SECONDS = 0.5
 
 # Errors only the server answers, beside the app's own table.
 SERVER_ERRORS: dict[int, tuple[str, str]] = {
@@ -251,6 +270,11 @@ def _seconds(variable: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _count(variable: str, default: int) -> int:
+    value = os.environ.get(variable, "").strip()
+    return int(value) if value else default
+
+
 class _Connection:
     """A client connection and what the event loop has read of its next request."""
 
@@ -286,7 +310,14 @@ class BufferingWorker(JsonErrorsMixin, gthread.ThreadWorker):
         self.header_timeout = _seconds("REQUEST_HEADER_TIMEOUT", 10.0)
         self.body_timeout = _seconds("REQUEST_BODY_TIMEOUT", 20.0)
         self.max_body = DEFAULTS["MAX_CONTENT_LENGTH"]
+        self.max_idle = max(1, _count("MAX_IDLE_CONNECTIONS", MAX_IDLE_CONNECTIONS))
         self.waiting: set[_Connection] = set()
+        # Connections with nothing of a request received, in the order they fell
+        # idle (a dict keeps it): the first is the one idle longest.
+        self.idle: dict[_Connection, None] = {}
+        self._idle_closed = 0
+        self._closed_for_room = 0
+        self._accept_paused_until = 0.0
         self._next_sweep = 0.0
 
     @classmethod
@@ -310,20 +341,46 @@ class BufferingWorker(JsonErrorsMixin, gthread.ThreadWorker):
     # -- the event loop's side -------------------------------------------------
 
     def accept(self, listener) -> bool:
-        """Take a new connection, if one is queued, and wait in the event loop for its first request."""
+        """Take a new connection, if one is queued, and wait in the event loop for its first request.
+
+        A worker never stops accepting for idle connections: at
+        ``worker_connections``, or with no file descriptor left, it closes
+        the connection idle longest to make room.
+        """
         try:
             sock, client = listener.accept()
         except OSError as e:
+            if e.errno in _NO_ROOM_ERRNOS:
+                self._no_room(e)
+                return False
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return False
         self.nr_conns += 1
+        if self.nr_conns >= self.worker_connections and self.idle:
+            self._close_idle_longest()
         conn = _Connection(sock, client, listener.getsockname())
         self._wait(conn, _Connection.HEAD, self.header_timeout)
+        self._fall_idle(conn)
         return True
+
+    def _no_room(self, error: OSError) -> None:
+        """No room for another connection: close the one idle longest, or stop accepting briefly."""
+        if self.idle:
+            self._close(next(iter(self.idle)))
+            self._closed_for_room += 1  # said once a sweep (murder_pending)
+            return
+        self.log.warning(
+            "Out of file descriptors (%s) and no idle connection to close: not accepting for %.1f s",
+            error.strerror, NO_ROOM_PAUSE_SECONDS,
+        )
+        self._accept_paused_until = time.monotonic() + NO_ROOM_PAUSE_SECONDS
+        self.set_accept_enabled(False)
 
     def set_accept_enabled(self, enabled):
         """Stop or resume accepting; a stopping worker also takes what is queued and closes its listeners."""
+        if enabled and time.monotonic() < self._accept_paused_until:
+            return  # the run loop asks again on its next turn
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:
             self._close_listeners()
@@ -352,7 +409,18 @@ class BufferingWorker(JsonErrorsMixin, gthread.ThreadWorker):
             self.waiting.add(conn)
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
 
+    def _fall_idle(self, conn: _Connection) -> None:
+        """``conn`` waits with nothing of a request received: past the limit, close the one idle longest."""
+        self.idle[conn] = None
+        while len(self.idle) > self.max_idle:
+            self._close_idle_longest()
+
+    def _close_idle_longest(self) -> None:
+        self._close(next(iter(self.idle)))
+        self._idle_closed += 1
+
     def _unwait(self, conn: _Connection) -> None:
+        self.idle.pop(conn, None)
         if conn in self.waiting:
             self.waiting.discard(conn)
             try:
@@ -376,6 +444,7 @@ class BufferingWorker(JsonErrorsMixin, gthread.ThreadWorker):
         if not data:
             self._close(conn)  # the client left; half a request is nobody's
             return
+        self.idle.pop(conn, None)
         if conn.state == _Connection.LINGER:
             conn.lingered += len(data)
             if conn.lingered > LINGER_BYTES:
@@ -450,6 +519,18 @@ class BufferingWorker(JsonErrorsMixin, gthread.ThreadWorker):
         if now < self._next_sweep:
             return  # deadlines are kept to a fraction of a second, not rechecked on every event
         self._next_sweep = now + SWEEP_SECONDS
+        # One line per sweep, however many a flood made it close.
+        if self._idle_closed:
+            self.log.info(
+                "Closed %d idle connections past the limit (MAX_IDLE_CONNECTIONS=%d, worker_connections=%d)",
+                self._idle_closed, self.max_idle, self.worker_connections,
+            )
+            self._idle_closed = 0
+        if self._closed_for_room:
+            self.log.warning(
+                "Out of file descriptors: closed %d idle connections to accept new ones", self._closed_for_room
+            )
+            self._closed_for_room = 0
         for conn in [c for c in self.waiting if c.deadline <= now]:
             if conn.state == _Connection.LINGER or not conn.buffer:
                 self._close(conn)  # an idle connection, or one that never said anything
@@ -518,4 +599,5 @@ class BufferingWorker(JsonErrorsMixin, gthread.ThreadWorker):
         else:
             linger = self.cfg.keepalive if self.alive else min(self.cfg.keepalive, gthread.STOP_KEEPALIVE_LINGER)
             self._wait(conn, _Connection.IDLE, linger)
+            self._fall_idle(conn)
 
