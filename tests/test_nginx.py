@@ -40,6 +40,7 @@ def port_of(url: str) -> int:
 def assert_envelope(status: int, headers, body: bytes, expected_status: int, error_id: str) -> None:
     assert status == expected_status, (status, body)
     assert headers["content-type"] == "application/json"
+    assert headers["x-content-type-options"] == "nosniff"
     document = json.loads(body)
     assert set(document) == {"id", "message"}
     assert document["id"] == error_id
@@ -151,18 +152,24 @@ def test_the_body_reaches_the_app_whole(echo_proxy):
     assert chunked.json()["body_length"] == 60_000
 
 
-def test_over_https_the_app_sees_a_secure_request(echo_server, tmp_path):
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl; skips without it (fails under CI=true)."""
     openssl = shutil.which("openssl")
     if not openssl:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("openssl is not installed, and CI must run this test (.ci/run installs it)")
-        pytest.skip("openssl is not installed: no certificate for the HTTPS test")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        pytest.skip("openssl is not installed: no certificate for the HTTPS tests")
+    cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
          "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )
+    return cert, key
+
+
+def test_over_https_the_app_sees_a_secure_request(echo_server, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
     nginx = start_nginx(tmp_path / "nginx", [echo_server.url.removeprefix("http://")], certificate=(cert, key))
     try:
         told = requests.get(nginx.url, verify=str(cert), timeout=5).json()
@@ -214,7 +221,67 @@ def test_slow_and_silent_clients_do_not_delay_others_through_nginx(proxy, job):
         pytest.param([b"GET /test-status/500 HTTP/1.1\r\nHost: x\r\n\r\n"], 500, "internal_error", id="500"),
         pytest.param([b"GET /test-status/503 HTTP/1.1\r\nHost: x\r\n\r\n"], 503, "service_unavailable", id="503"),
         pytest.param(
-            [b"GET /_jobapi/errors/502.json HTTP/1.1\r\nHost: x\r\n\r\n"], 404, "not_found", id="an error page itself",
+            [b"GET /_jobapi/error.json HTTP/1.1\r\nHost: x\r\n\r\n"], 404, "not_found", id="the error page itself",
+        ),
+        # Odd methods nginx refuses itself (any other method token goes to the app, which answers it).
+        pytest.param([b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n"], 405, "method_not_allowed", id="TRACE"),
+        pytest.param(
+            [b"TRACE /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"],
+            405, "method_not_allowed", id="TRACE with a body",
+        ),
+        pytest.param([b"CONNECT / HTTP/1.1\r\nHost: x\r\n\r\n"], 405, "method_not_allowed", id="CONNECT to a path"),
+        pytest.param(
+            [b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: x\r\n\r\n"], 400, "bad_request", id="CONNECT to an authority",
+        ),
+        pytest.param([b"get / HTTP/1.1\r\nHost: x\r\n\r\n"], 400, "bad_request", id="lower-case method"),
+        # nginx passes this one on; gunicorn refuses it, in the same envelope.
+        pytest.param([b"A" * 40 + b" / HTTP/1.1\r\nHost: x\r\n\r\n"], 400, "bad_request", id="40-letter method"),
+        pytest.param([b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"], 400, "bad_request", id="OPTIONS *"),
+        pytest.param([b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"], 400, "bad_request", id="HTTP/2 preface"),
+        pytest.param(
+            [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 20 + b"\r\n\r\n"],
+            400, "bad_request", id="TLS hello on the plain port",
+        ),
+        # Malformed requests.
+        pytest.param([b"GET / HTTP/3.0\r\nHost: x\r\n\r\n"], 505, "http_version_not_supported", id="HTTP/3.0 line"),
+        pytest.param([b"GET x HTTP/1.1\r\nHost: x\r\n\r\n"], 400, "bad_request", id="path without a slash"),
+        pytest.param([b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n"], 400, "bad_request", id="path above the root"),
+        pytest.param([b"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n"], 400, "bad_request", id="bad percent escape"),
+        pytest.param([b"GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n"], 400, "bad_request", id="NUL in the path"),
+        pytest.param([b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"], 400, "bad_request", id="two Hosts"),
+        pytest.param([b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"], 400, "bad_request", id="Host with a slash"),
+        pytest.param([b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"], 400, "bad_request", id="space in a name"),
+        pytest.param(
+            [b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n"], 400, "bad_request", id="folded header",
+        ),
+        pytest.param([b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n"], 400, "bad_request", id="CR in a value"),
+        pytest.param(
+            [b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+            400, "bad_request", id="Content-Length and chunked",
+        ),
+        pytest.param(
+            [b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"],
+            400, "bad_request", id="two Content-Lengths",
+        ),
+        pytest.param(
+            [b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"], 400, "bad_request",
+            id="negative Content-Length",
+        ),
+        pytest.param(
+            [b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n"], 400, "bad_request",
+            id="Content-Length past 64 bits",
+        ),
+        pytest.param(
+            [b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n"],
+            400, "bad_request", id="bad chunk size",
+        ),
+        pytest.param(
+            [b"POST /api/jobs HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+            400, "bad_request", id="chunked in HTTP/1.0",
+        ),
+        pytest.param(
+            [b"DELETE /api/jobs/abcdefgh HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n"],
+            413, "payload_too_large", id="DELETE with a body over 64 KiB",
         ),
     ],
 )
@@ -223,6 +290,39 @@ def test_errors_nginx_answers_itself_are_json(proxy, parts, status, error_id):
     assert_envelope(answer.status, answer.headers, answer.body, status, error_id)
     if status == 503:
         assert answer.headers["retry-after"] == "5"
+    else:
+        assert "retry-after" not in answer.headers
+
+
+@pytest.mark.parametrize("method", ["FOO", "PROPFIND", "PURGE"])
+def test_other_methods_reach_the_app_which_answers_405(proxy, method):
+    answer = raw_exchange(proxy.port, f"{method} /api/jobs HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert_envelope(answer.status, answer.headers, answer.body, 405, "method_not_allowed")
+    assert answer.headers["allow"]
+
+
+def test_the_site_file_writes_the_apps_envelope_for_every_error_it_answers():
+    from jobapi.serving import error_envelope
+
+    text = Path(__file__).resolve().parents[1].joinpath("deploy", "nginx.conf").read_text()
+    bodies = dict(re.findall(r"^\s*(\d{3}) '(\{.*\})\\n';$", text, re.MULTILINE))
+    pages = re.findall(r"^\s*error_page ([\d ]+?) (?:=(\d+) )?/_jobapi/error\.json;", text, re.MULTILINE)
+    answered = {int(code) for codes, overwrite in pages for code in ([overwrite] if overwrite else codes.split())}
+    assert {405, 400, 413, 414, 431, 502, 503, 504} <= answered
+    assert answered == {int(code) for code in bodies}
+    for code, body in bodies.items():
+        error_id, message = error_envelope(int(code))
+        assert json.loads(body) == {"id": error_id, "message": message}, code
+
+
+def test_plain_http_to_the_tls_port_is_a_json_400(echo_server, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    nginx = start_nginx(tmp_path / "nginx", [echo_server.url.removeprefix("http://")], certificate=(cert, key))
+    try:
+        answer = raw_exchange(nginx.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        stop_nginx(nginx)
+    assert_envelope(answer.status, answer.headers, answer.body, 400, "bad_request")
 
 
 def test_an_unreachable_upstream_is_502(tmp_path):

@@ -47,6 +47,7 @@ def push_request(job, body: bytes, *headers: str) -> bytes:
 def assert_envelope(answer, status: int, error_id: str) -> None:
     assert answer.status == status, answer
     assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["x-content-type-options"] == "nosniff"
     body = answer.json()
     assert body["id"] == error_id
     assert body["message"][0].isupper() and set(body) == {"id", "message"}

@@ -99,5 +99,6 @@ def test_the_servers_own_answers_are_the_envelope(status, error_id, message):
     lines = head.decode().split("\r\n")
     assert lines[0].startswith(f"HTTP/1.1 {status} ")
     assert "Content-Type: application/json" in lines and "Connection: close" in lines
+    assert "X-Content-Type-Options: nosniff" in lines
     assert f"Content-Length: {len(body)}" in lines
     assert json.loads(body) == {"id": error_id, "message": message}

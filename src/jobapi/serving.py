@@ -117,6 +117,7 @@ def error_response(status: int) -> bytes:
         f"HTTP/1.1 {status} {reason}\r\n"
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
         f"Content-Length: {len(body)}\r\n"
         "\r\n"
     )
