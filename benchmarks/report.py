@@ -94,6 +94,10 @@ INFORMATION = [
     ("yardstick GET 5-record / bare Flask", "yardstick_get5", REFERENCE),
     ("yardstick POST spread / bare Flask", "yardstick_post_spread", REFERENCE),
     ("SQLite: POST spread / bare Flask", "sqlite_post_spread", REFERENCE),
+    ("GET 5-record through PgBouncer / direct", "pgbouncer_get5", "direct_get5"),
+    ("GET 5-record direct unprepared / prepared", "unprepared_get5", "direct_get5"),
+    ("POST spread through PgBouncer / direct", "pgbouncer_post", "direct_post"),
+    ("POST spread direct unprepared / prepared", "unprepared_post", "direct_post"),
 ]
 
 
@@ -115,6 +119,7 @@ def paired_ratio(top: Row, bottom: Row, measure: str = "rps") -> tuple[float, st
 
 
 ORDER = ["reference", "yardstick_get5", "get5", "yardstick_post_spread", "post_spread", "post_one",
+         "direct_get5", "unprepared_get5", "pgbouncer_get5", "direct_post", "unprepared_post", "pgbouncer_post",
          "get_1", "get_100", "get_1000", "post_1", "post_10000", "get_10", "post_10", "get_100k", "post_100k",
          "sqlite_get5", "sqlite_post_spread"]
 

@@ -36,8 +36,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from nginx_proxy import SITE, NginxProxy, ProxyError, find_nginx  # noqa: E402
+from pgbouncer_proxy import INI, PgBouncer, PgBouncerError, find_pgbouncer  # noqa: E402
 from processes import (  # noqa: E402
-    ROOT, BenchError, Server, Wrk, WrkResult, ensure_wrk, http_request, log, rss_kib, wrk_threads,
+    ROOT, BenchError, Server, Wrk, WrkResult, ensure_wrk, free_port, http_request, log, rss_kib, wrk_threads,
 )
 from report import Row, render_curve, render_memory, render_table  # noqa: E402
 from seeding import Seeder, SeededJob, SeedingError  # noqa: E402
@@ -106,6 +107,13 @@ SCENARIOS: dict[str, str] = {
     "post_10": "POST, database holding 10 jobs",
     "get_100k": "GET, 10 jobs among 100,000 (--quick: 10,000) with their history",
     "post_100k": "POST, 10 jobs among 100,000 (--quick: 10,000) with their history",
+    "direct_get5": "GET 5-record job, direct, statements prepared (the pair of the two rows below)",
+    "unprepared_get5": "GET 5-record job, direct, as through a pooler (DB_POOLER=transaction: nothing prepared, "
+                       "the statement timeout per transaction)",
+    "pgbouncer_get5": "GET 5-record job through PgBouncer (deploy/pgbouncer.ini)",
+    "direct_post": "POST spread over 64 jobs, direct, statements prepared",
+    "unprepared_post": "POST spread over 64 jobs, direct, as through a pooler (DB_POOLER=transaction)",
+    "pgbouncer_post": "POST spread over 64 jobs through PgBouncer (deploy/pgbouncer.ini)",
     "sqlite_get5": "SQLite: GET 5-record job",
     "sqlite_post_spread": "SQLite: POST spread over 64 jobs",
     "memory": "VmRSS of the workers after 1,000 and 50,000 (--quick: 4,000) requests",
@@ -119,6 +127,8 @@ GROUPS: dict[str, list[str]] = {
     "yardstick": ["yardstick_get5", "yardstick_post_spread"],
     "targets": ["get5", "post_spread"],
     "sqlite": ["sqlite_get5", "sqlite_post_spread"],
+    "pgbouncer": ["direct_get5", "unprepared_get5", "pgbouncer_get5", "direct_post", "unprepared_post",
+                  "pgbouncer_post"],
 }
 # A row comes with the rows it is compared with.
 PARTNERS: dict[str, list[str]] = {
@@ -133,6 +143,10 @@ PARTNERS: dict[str, list[str]] = {
     "post_100k": ["post_10"],
     "sqlite_get5": ["reference"],
     "sqlite_post_spread": ["reference"],
+    "unprepared_get5": ["direct_get5"],
+    "pgbouncer_get5": ["direct_get5", "unprepared_get5"],
+    "unprepared_post": ["direct_post"],
+    "pgbouncer_post": ["direct_post", "unprepared_post"],
 }
 DEFAULT_KEYS = frozenset(SCENARIOS) - {"curve"}
 
@@ -395,6 +409,7 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
     plan = QUICK if args.quick else FULL
     plan = Plan(**{**asdict(plan), **{k: v for k, v in (("rounds", args.rounds), ("seconds", args.seconds)) if v}})
     levels = tuple(args.levels) if args.levels else CURVE_LEVELS
+    pgbouncer_note = ""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = RESULTS / stamp
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -470,6 +485,7 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
             return split(main.make_jobs(per_run * runs, 1), per_run) if bench.wanted(key) else []
 
         spread = spread_sets("post_spread", 64)
+        pooled_spread = {key: spread_sets(key, 64) for key in ("direct_post", "unprepared_post", "pgbouncer_post")}
         yardstick_spread = spread_sets("yardstick_post_spread", 64)
         concentrated = spread_sets("post_one", 1)
         post1 = spread_sets("post_1", CONNECTIONS)
@@ -544,6 +560,10 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
         bench.measure(*scenarios)
         stop(sqlite_api)
 
+        if bench.wanted(*GROUPS["pgbouncer"]):
+            pgbouncer_note = measure_pgbouncer(bench, server, serve, stop, cleanup, run_dir, api, main_db, main_url,
+                                               get5, pooled_spread)
+
         bench.measure(
             Scenario("get_1", "GET 1-record job", api, "get.lua", [get1]),
             Scenario("get_100", "GET 100-record job", api, "get.lua", [get100]),
@@ -589,6 +609,8 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
     parts = [render_table(bench.rows, rounds=plan.rounds, seconds=plan.seconds, warmup_seconds=plan.warmup_seconds,
                           connections=CONNECTIONS, load_average=bench.load_averages[0], cpus=os.cpu_count() or 0,
                           history_jobs=plan.history_jobs)]
+    if pgbouncer_note:
+        parts.append(pgbouncer_note)
     if bench.memory:
         parts.append(render_memory(bench.memory))
     if curve:
@@ -618,6 +640,49 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
     }, indent=2))
     log(f"\n(took {(time.monotonic() - started) / 60:.1f} min; results in {run_dir.relative_to(ROOT)})")
     return 0
+
+
+def measure_pgbouncer(bench: Bench, server, serve, stop, cleanup: contextlib.ExitStack, run_dir: Path, api: Server,
+                      database: str, database_url: str, get5: list[SeededJob],
+                      spread: dict[str, list[list[SeededJob]]]) -> str:
+    """GET 5-record and POST spread direct (prepared), direct as through a pooler, and through PgBouncer
+    (deploy/pgbouncer.ini in front of the same database), their rounds alternating; a line saying how."""
+    binary = find_pgbouncer()
+    if binary is None:
+        note = "PgBouncer rows skipped: pgbouncer is not installed (apt-get install pgbouncer)"
+        log(f"- {note}")
+        return note
+    bouncer = PgBouncer(binary, run_dir / "pgbouncer", free_port(), f"host=127.0.0.1 port=5432 dbname={database}")
+    cleanup.callback(bouncer.stop)
+    try:
+        bouncer.start()
+    except PgBouncerError as error:
+        raise BenchError(str(error)) from None
+    config = {row[0]: row[1] for row in bouncer.admin("SHOW CONFIG")}
+    unprepared = server("jobapi-unprepared", "wsgi:app", database_url, env={"DB_POOLER": "transaction"})
+    pooled = server("jobapi-pgbouncer", "wsgi:app", bouncer.url, env={"DATABASE_DIRECT_URL": database_url})
+    serve(unprepared, pooled)
+    note = (f"PgBouncer: {binary} serving {INI.relative_to(ROOT)} (pool_mode {config['pool_mode']}, "
+            f"default_pool_size {config['default_pool_size']}) in front of the same database")
+    log(f"- {note}")
+    bench.measure(
+        Scenario("direct_get5", "GET 5-record job, direct (prepared)", api, "get.lua", [get5], group="pgbouncer"),
+        Scenario("unprepared_get5", "GET 5-record job, direct, unprepared", unprepared, "get.lua", [get5],
+                 group="pgbouncer"),
+        Scenario("pgbouncer_get5", "GET 5-record job, through PgBouncer", pooled, "get.lua", [get5],
+                 group="pgbouncer"),
+    )
+    bench.measure(
+        Scenario("direct_post", "POST spread, direct (prepared)", api, "post.lua", spread["direct_post"],
+                 group="pgbouncer"),
+        Scenario("unprepared_post", "POST spread, direct, unprepared", unprepared, "post.lua",
+                 spread["unprepared_post"], group="pgbouncer"),
+        Scenario("pgbouncer_post", "POST spread, through PgBouncer", pooled, "post.lua", spread["pgbouncer_post"],
+                 group="pgbouncer"),
+    )
+    stop(unprepared, pooled)
+    bouncer.stop()
+    return note
 
 
 def measure_curve(bench: Bench, plan: Plan, levels: Sequence[int], run_dir: Path, cleanup: contextlib.ExitStack,

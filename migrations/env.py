@@ -7,6 +7,7 @@ from alembic import context
 from flask import current_app
 
 from jobapi.deadline import without_response_deadline
+from jobapi.pooler import direct_engine
 from jobapi.storage import as_writer
 
 config = context.config
@@ -15,7 +16,10 @@ if config.config_file_name and not logging.getLogger().handlers:
 logger = logging.getLogger("alembic.env")
 
 migrate_ext = current_app.extensions["migrate"]
-engine = migrate_ext.db.engine
+# Migrations hold a session of their own: through DATABASE_DIRECT_URL where it
+# is not DATABASE_URL (which may be a pooler in transaction mode).
+own_engine = direct_engine(current_app)
+engine = own_engine or migrate_ext.db.engine
 config.set_main_option(
     "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
 )
@@ -82,7 +86,11 @@ def run_migrations_online() -> None:
             _sqlite_foreign_keys(connection, True)
 
 
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
-    run_migrations_online()
+try:
+    if context.is_offline_mode():
+        run_migrations_offline()
+    else:
+        run_migrations_online()
+finally:
+    if own_engine is not None:
+        own_engine.dispose()

@@ -21,6 +21,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import nginx_proxy  # noqa: E402
+import pgbouncer_proxy  # noqa: E402
 import processes  # noqa: E402
 import profiling  # noqa: E402
 import run  # noqa: E402
@@ -307,3 +308,30 @@ def test_nginx_proxy_serves_the_site_in_front_of_a_server(nginx_binary, job_serv
     assert proxy.process is None
     # The site's access log went to the run's directory, not to /var/log.
     assert "POST /api/jobs/job00001/status" in (tmp_path / "nginx" / "jobapi.access.log").read_text()
+
+
+# PgBouncer -------------------------------------------------------------------
+
+
+def test_pgbouncer_rows_come_with_their_direct_pairs():
+    assert run.select_keys("pgbouncer_get5") == {"pgbouncer_get5", "direct_get5", "unprepared_get5"}
+    assert run.select_keys("unprepared_post") == {"unprepared_post", "direct_post"}
+    assert set(run.GROUPS["pgbouncer"]) <= run.select_keys(None)
+
+
+def test_pgbouncer_ini_keeps_its_settings_and_takes_the_runs_own_places(tmp_path):
+    text = pgbouncer_proxy.INI.read_text()
+    rendered = pgbouncer_proxy.render_ini(text, "host=/tmp/s port=5 dbname=x", 6543, tmp_path,
+                                          {"default_pool_size": "3"})
+    settings = dict(re.findall(r"^(\w+) = (.*)$", rendered, re.MULTILINE))
+    assert settings["jobapi"] == "host=/tmp/s port=5 dbname=x"
+    assert (settings["listen_addr"], settings["listen_port"]) == ("127.0.0.1", "6543")
+    assert settings["auth_type"] == "trust" and settings["logfile"] == str(tmp_path / "pgbouncer.log")
+    assert settings["default_pool_size"] == "3"
+    # Everything else as the file has it, each setting once.
+    assert settings["pool_mode"] == "transaction"
+    assert settings["query_wait_timeout"] == re.search(r"^query_wait_timeout = (.*)$", text, re.MULTILINE).group(1)
+    assert len(re.findall(r"^listen_port =", rendered, re.MULTILINE)) == 1
+    assert rendered.count("[pgbouncer]") == 1
+    with pytest.raises(pgbouncer_proxy.PgBouncerError):
+        pgbouncer_proxy.render_ini(text + "\n[databases]\njobapi = host=other\n", "x", 1, tmp_path)

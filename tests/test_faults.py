@@ -4,28 +4,23 @@ mid-push. Nothing stored is lost or duplicated."""
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
 import select
-import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port, start_gunicorn, stop_gunicorn
+from conftest import start_gunicorn, stop_gunicorn
+from private_postgresql import children, clusters, private_cluster  # noqa: F401 - fixtures
 from flask_migrate import upgrade
-from sqlalchemy import create_engine, event
+from sqlalchemy import event
 from sqlalchemy import select as sql_select
 from sqlalchemy.engine import make_url
 
@@ -37,115 +32,6 @@ from jobapi.models import Job, JobStatus
 from jobapi.schemas import format_timestamp
 
 TIMEOUT = 15
-
-
-# A private PostgreSQL cluster
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-@dataclass
-class PrivateCluster:
-    """A PostgreSQL cluster of this test's own, on a free port and its own socket directory."""
-
-    bin: Path
-    root: Path
-    port: int
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/jobapi"
-
-    def _run(self, *args: str) -> None:
-        command = list(args)
-        if os.geteuid() == 0:  # initdb and pg_ctl refuse to run as root
-            command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
-
-    def init(self) -> None:
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.root / 'sock'} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "-t", "60", "start")
-
-    def create_database(self) -> None:
-        admin = create_engine(make_url(self.url).set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.exec_driver_sql("CREATE DATABASE jobapi")
-        admin.dispose()
-
-    def stop(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
-
-    def processes(self) -> list[int]:
-        """The postmaster of this cluster and its children, the postmaster first."""
-        try:
-            postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return []
-        return [postmaster, *_children(postmaster)]
-
-    def freeze(self) -> None:
-        """Stop every process of the cluster (SIGSTOP): the server neither answers nor hangs up."""
-        self.frozen = self.processes()
-        for pid in self.frozen:  # the postmaster first: it forks no child after
-            os.kill(pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """Let the frozen processes run again (SIGCONT)."""
-        for pid in reversed(getattr(self, "frozen", [])):
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        self.frozen = []
-
-
-def _children(parent: int) -> list[int]:
-    pids = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent:
-            pids.append(int(Path(stat).parent.name))
-    return pids
-
-
-@pytest.fixture
-def private_cluster(is_postgresql) -> Iterator[PrivateCluster]:
-    if not is_postgresql:
-        pytest.skip("runs in the PostgreSQL half of the suite")
-    pg_bin = _pg_bin()
-    if pg_bin is None:
-        pytest.skip("PostgreSQL server binaries are not installed")
-    root = Path(tempfile.mkdtemp(prefix="jobapi-pg-"))
-    (root / "sock").mkdir()
-    if os.geteuid() == 0:
-        postgres = pwd.getpwnam("postgres")
-        for path in (root, root / "sock"):
-            os.chown(path, postgres.pw_uid, postgres.pw_gid)
-    cluster = PrivateCluster(bin=pg_bin, root=root, port=free_port())
-    cluster.init()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.thaw()
-        try:
-            cluster.stop()
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass
@@ -551,7 +437,7 @@ def test_sqlite_lock_held_too_long_is_503_then_recovers(database_url, app, job, 
 
 
 def _worker_pids(master: int) -> list[int]:
-    return _children(master)
+    return children(master)
 
 
 @pytest.mark.e2e

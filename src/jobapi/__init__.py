@@ -61,6 +61,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         url = "sqlite:///" + os.path.join(app.instance_path, "jobapi.sqlite")
     url = normalize_database_url(url)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config["DATABASE_DIRECT_URL"] = normalize_database_url(app.config["DATABASE_DIRECT_URL"] or url)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(url, app.config)
 
     # Answers written by orjson, keys in the order the documents are written in.

@@ -7,12 +7,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from .client_address import DEFAULT_TRUSTED_PROXIES, proxy_networks
+from .pooler import pooler_mode
 
 DEFAULTS: dict[str, Any] = {
     # Unset: an embedded SQLite file in the instance folder (see create_app).
     "SQLALCHEMY_DATABASE_URI": None,
     "SQLALCHEMY_TRACK_MODIFICATIONS": False,
     "SQLALCHEMY_ENGINE_OPTIONS": {},
+    # What needs a PostgreSQL session of its own (migrations) connects here;
+    # unset: DATABASE_URL. See pooler.py.
+    "DATABASE_DIRECT_URL": None,
+    # Whether DATABASE_URL reaches PostgreSQL through a pooler in transaction
+    # mode (PgBouncer): "auto" (asked of each new connection), "none" or
+    # "transaction". See pooler.py.
+    "DB_POOLER": "auto",
     # Request bodies over this size are refused with 413 before they are read.
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Seconds to wait for a connection to PostgreSQL before answering 503.
@@ -106,6 +114,8 @@ def parse_bool(value: str) -> bool:
 # Environment variable -> (config key, parser).
 ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "DATABASE_URL": ("SQLALCHEMY_DATABASE_URI", str),
+    "DATABASE_DIRECT_URL": ("DATABASE_DIRECT_URL", str),
+    "DB_POOLER": ("DB_POOLER", pooler_mode),
     "DB_CONNECT_TIMEOUT": ("DB_CONNECT_TIMEOUT", int),
     "DB_STATEMENT_TIMEOUT_MS": ("DB_STATEMENT_TIMEOUT_MS", int),
     "DB_RESPONSE_TIMEOUT": ("DB_RESPONSE_TIMEOUT", float),

@@ -15,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, scoped_session
 
+from . import pooler
 from .deadline import ConnectionGate, DeadlineConnection, NoAnswer
 
 # Execution option of a connection whose transaction will write: it begins
@@ -41,9 +42,11 @@ def engine_options(url: str, config: dict[str, Any]) -> dict[str, Any]:
             pool_timeout=config["DB_CONNECT_TIMEOUT"],
             connect_args={
                 "connect_timeout": config["DB_CONNECT_TIMEOUT"],
-                # UTC sessions: times come back in datetime.UTC, ready to write
-                # as documents show them without converting each one.
-                "options": f"-c statement_timeout={config['DB_STATEMENT_TIMEOUT_MS']} -c TimeZone=UTC",
+                # The statement timeout and UTC sessions (times come back in
+                # datetime.UTC, ready to write as documents show them) as the
+                # session starts, where DB_POOLER says the URL is direct; else
+                # set once connected, or per transaction (pooler.py).
+                **pooler.startup_options(config),
                 "application_name": "jobapi",
                 # A peer that vanished (a black-holed network, a dead host):
                 # the kernel drops a connection whose sent data goes
@@ -105,11 +108,19 @@ def _configure_postgresql(engine: Engine, config: dict[str, Any]) -> None:
     response_timeout = config["DB_RESPONSE_TIMEOUT"]
     gate = ConnectionGate(connect_timeout=config["DB_CONNECT_TIMEOUT"])
 
+    def make(cargs, cparams) -> DeadlineConnection:
+        connection = DeadlineConnection.connect(*cargs, **cparams)
+        connection.response_timeout = response_timeout
+        try:
+            pooler.set_up(connection, config)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
     @event.listens_for(engine, "do_connect")
     def connect(_dialect, _record, cargs, cparams):
-        connection = gate.connect(lambda: DeadlineConnection.connect(*cargs, **cparams))
-        connection.response_timeout = response_timeout
-        return connection
+        return gate.connect(lambda: make(cargs, cparams))
 
     @event.listens_for(engine, "handle_error")
     def on_error(context):
@@ -229,8 +240,10 @@ def _begin_writes(engine: Engine, statement: str) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection):
-        if connection.get_execution_options().get(WRITE_OPTION):
-            connection.exec_driver_sql(statement)
+        # Through a pooler, reads begin one too: the statement timeout is the transaction's.
+        driver = connection.connection.driver_connection
+        if connection.get_execution_options().get(WRITE_OPTION) or pooler.is_pooled(driver):
+            connection.exec_driver_sql(pooler.begin_statement(driver, statement))
 
 
 def begin_write(session: Session) -> None:
@@ -376,14 +389,14 @@ def run_on_driver(
     if isinstance(connection, HeldConnection):
         try:
             if connection.postgresql:
-                return connection.driver.execute(statement, parameters, prepare=prepare)
+                return pooler.execute(connection.driver, statement, parameters, prepare=prepare)
             return connection.driver.execute(statement, parameters)
         except connection.dbapi_error as error:
             connection.fail(error, statement, parameters)
     driver = connection.connection.driver_connection
     try:
         if connection.dialect.name == "postgresql":
-            return driver.execute(statement, parameters, prepare=True)
+            return pooler.execute(driver, statement, parameters, prepare=True)
         return driver.execute(statement, parameters)
     except connection.dialect.loaded_dbapi.Error as error:
         # What Connection.execute does with a driver's error.
@@ -394,7 +407,8 @@ def begin_on_driver(connection: HeldConnection) -> None:
     """Begin a writing transaction on the held connection (BEGIN; BEGIN IMMEDIATE on SQLite,
     which takes the write lock now), which ``end_on_driver`` ends."""
     # Not prepared: a statement without parameters costs least as a simple query.
-    run_on_driver(connection, "BEGIN" if connection.postgresql else "BEGIN IMMEDIATE", prepare=False)
+    begin = pooler.begin_statement(connection.driver) if connection.postgresql else "BEGIN IMMEDIATE"
+    run_on_driver(connection, begin, prepare=False)
     connection.began = True
 
 

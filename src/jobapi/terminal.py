@@ -80,6 +80,8 @@ def watch_job(
                 shown = line
             if job.finished:
                 return Watched(job=job, record=service.last_status(session, job))
+            # No transaction held while waiting: through a pooler it would hold a server.
+            session.rollback()
             sleep(interval)
     finally:
         if in_place and shown is not None:
