@@ -35,6 +35,8 @@ from .schemas import (
     MAX_ERROR_BYTES,
     MAX_ERROR_CHARACTERS,
     AcquireSchema,
+    CLAIM_RECORD_KEYS,
+    ClaimRecord,
     ClaimSchema,
     ErrorField,
     ErrorMessages,
@@ -455,6 +457,16 @@ def _custom_fields(converter, obj: fields.Field, **kwargs: Any) -> dict[str, Any
             "type": ["object", "null"],
             "properties": {"pinged_at": {"type": "string", "format": "date-time"}},
             "required": ["pinged_at"],
+            "additionalProperties": False,
+        }
+    if isinstance(obj, ClaimRecord):
+        text = {"type": "string"}
+        return {
+            "type": ["object", "null"],
+            "properties": {
+                key: ({"type": "number"} if key in ("mem", "cpu") else text) for key in CLAIM_RECORD_KEYS
+            },
+            "required": list(CLAIM_RECORD_KEYS),
             "additionalProperties": False,
         }
     if isinstance(obj, ErrorField):
