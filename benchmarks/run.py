@@ -56,6 +56,8 @@ CURVE_JOBS_PER_CONNECTION = 4
 # cap of a job's history (JOB_MAX_STATUS_RECORDS, 10,000), and must measure
 # pushes, not refusals. The check itself costs the same whatever the cap.
 SERVER_ENV = {"JOB_MAX_STATUS_RECORDS": "1000000"}
+# jobapi's servers take claims from Virtool's 42.x pods, which send no credentials.
+JOBAPI_ENV = {"JOB_ACQUIRE": "open"}
 
 
 # ---------------------------------------------------------------------------
@@ -106,6 +108,7 @@ SCENARIOS: dict[str, str] = {
     "post_10": "POST, database holding 10 jobs",
     "get_100k": "GET, 10 jobs among 100,000 (--quick: 10,000) with their history",
     "post_100k": "POST, 10 jobs among 100,000 (--quick: 10,000) with their history",
+    "v42_claim_empty": "Virtool 42.x: an empty claim (404, nothing waiting), as an idle pod polls it",
     "sqlite_get5": "SQLite: GET 5-record job",
     "sqlite_post_spread": "SQLite: POST spread over 64 jobs",
     "memory": "VmRSS of the workers after 1,000 and 50,000 (--quick: 4,000) requests",
@@ -114,6 +117,7 @@ SCENARIOS: dict[str, str] = {
 }
 GROUPS: dict[str, list[str]] = {
     "postgresql": ["reference", "yardstick_get5", "yardstick_post_spread", "get5", "post_spread", "post_one",
+                   "v42_claim_empty",
                    "get_1", "get_100", "get_1000", "post_1", "post_10000", "get_10", "post_10", "get_100k",
                    "post_100k"],
     "yardstick": ["yardstick_get5", "yardstick_post_spread"],
@@ -133,6 +137,7 @@ PARTNERS: dict[str, list[str]] = {
     "post_100k": ["post_10"],
     "sqlite_get5": ["reference"],
     "sqlite_post_spread": ["reference"],
+    "v42_claim_empty": ["get5"],
 }
 DEFAULT_KEYS = frozenset(SCENARIOS) - {"curve"}
 
@@ -249,7 +254,8 @@ class Scenario:
 
     @property
     def kind(self) -> str:
-        return "get" if self.script == "get.lua" else "post"
+        """``get``, ``post``, or ``claim`` (claim42.lua: a POST with no yardstick twin)."""
+        return {"get.lua": "get", "post.lua": "post"}.get(self.script, "claim")
 
     def jobs(self, run_index: int) -> Sequence[SeededJob]:
         """The jobs of the warm-up (0) or of round ``run_index``."""
@@ -498,7 +504,7 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
             + (f"({plan.history_jobs:,} jobs with {plan.history_jobs * plan.history_records_per_job:,} records "
                f"by COPY, then VACUUM ANALYZE and CHECKPOINT)" if history else ""))
 
-        api = server("jobapi", "wsgi:app", main_url)
+        api = server("jobapi", "wsgi:app", main_url, env=JOBAPI_ENV)
         yardstick = server("yardstick", "yardstick_app:app", main_url, extra=["--pythonpath", str(HERE)])
         sqlite_api = server("jobapi-sqlite", "wsgi:app", sqlite_url) if sqlite else None
         serve(*(s for s in (api, yardstick, sqlite_api) if s))
@@ -533,6 +539,8 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
                      yardstick_spread, server="yardstick"),
             Scenario("post_spread", "POST spread over 64 jobs", api, "post.lua", spread),
             Scenario("post_one", "POST concentrated on one job", api, "post.lua", concentrated),
+            # The request an idle fleet of 42.x pods sends every 2 s each, beside the GET it should cost about.
+            Scenario("v42_claim_empty", "42.x: empty claim (404)", api, "claim42.lua", [get5]),
         ]
         if sqlite:
             scenarios += [
