@@ -20,7 +20,7 @@ class Row:
     key: str
     label: str
     group: str
-    kind: str  # "get" or "post"
+    kind: str  # "get", "post" or "claim" (no yardstick twin)
     server: str = "jobapi"  # "jobapi", "yardstick" or "reference"
     path: str = "direct"  # "direct" or "nginx"
     connections: int = 16
@@ -86,6 +86,8 @@ def targets(history_jobs: int) -> list[Target]:
         Target(f"GET, {history_jobs:,} jobs / 10 jobs", "get_100k", "get_10", 0.90),
         Target(f"POST, {history_jobs:,} jobs / 10 jobs", "post_100k", "post_10", 0.90),
         Target("SQLite: GET 5-record / bare Flask", "sqlite_get5", REFERENCE, 0.40),
+        # An idle fleet of Virtool 42.x pods polls every 2 s: an empty claim should cost about a GET.
+        Target("42.x empty claim / GET 5-record", "v42_claim_empty", "get5", 0.80),
     ]
 
 
@@ -118,7 +120,7 @@ def paired_ratio(top: Row, bottom: Row, measure: str = "rps") -> tuple[float, st
     return medians, "ratio of medians, measured apart"
 
 
-ORDER = ["reference", "yardstick_get5", "get5", "yardstick_post_spread", "post_spread", "post_one",
+ORDER = ["reference", "yardstick_get5", "get5", "yardstick_post_spread", "post_spread", "post_one", "v42_claim_empty",
          "direct_get5", "unprepared_get5", "pgbouncer_get5", "direct_post", "unprepared_post", "pgbouncer_post",
          "get_1", "get_100", "get_1000", "post_1", "post_10000", "get_10", "post_10", "get_100k", "post_100k",
          "sqlite_get5", "sqlite_post_spread"]
@@ -154,7 +156,7 @@ def render_table(rows: dict[str, Row], *, rounds: int, seconds: int, warmup_seco
              "", header, "-" * len(header)]
     for row in table_rows:
         flask = f"{row.rps / reference.rps:7.2f}" if reference and reference.rps else f"{'-':>7}"
-        twin = rows.get(YARDSTICK[row.kind]) if row.server != "reference" else None
+        twin = rows.get(YARDSTICK.get(row.kind, "")) if row.server != "reference" else None
         ystick = f"{row.rps / twin.rps:8.2f}" if twin and twin.rps else f"{'-':>8}"
         bad = f"{row.non2xx}" + (f"+{row.socket_errors}s" if row.socket_errors else "")
         lines.append(f"{row.label:<{width}}  {row.rps:8.1f}  {row.p50_ms:7.1f}  {row.p99_ms:7.1f}  {flask}  "

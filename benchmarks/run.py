@@ -57,6 +57,8 @@ CURVE_JOBS_PER_CONNECTION = 4
 # cap of a job's history (JOB_MAX_STATUS_RECORDS, 10,000), and must measure
 # pushes, not refusals. The check itself costs the same whatever the cap.
 SERVER_ENV = {"JOB_MAX_STATUS_RECORDS": "1000000"}
+# jobapi's servers take claims from Virtool's 42.x pods, which send no credentials.
+JOBAPI_ENV = {"JOB_ACQUIRE": "open"}
 
 
 # ---------------------------------------------------------------------------
@@ -114,6 +116,7 @@ SCENARIOS: dict[str, str] = {
     "direct_post": "POST spread over 64 jobs, direct, statements prepared",
     "unprepared_post": "POST spread over 64 jobs, direct, as through a pooler (DB_POOLER=transaction)",
     "pgbouncer_post": "POST spread over 64 jobs through PgBouncer (deploy/pgbouncer.ini)",
+    "v42_claim_empty": "Virtool 42.x: an empty claim (404, nothing waiting), as an idle pod polls it",
     "sqlite_get5": "SQLite: GET 5-record job",
     "sqlite_post_spread": "SQLite: POST spread over 64 jobs",
     "memory": "VmRSS of the workers after 1,000 and 50,000 (--quick: 4,000) requests",
@@ -122,6 +125,7 @@ SCENARIOS: dict[str, str] = {
 }
 GROUPS: dict[str, list[str]] = {
     "postgresql": ["reference", "yardstick_get5", "yardstick_post_spread", "get5", "post_spread", "post_one",
+                   "v42_claim_empty",
                    "get_1", "get_100", "get_1000", "post_1", "post_10000", "get_10", "post_10", "get_100k",
                    "post_100k"],
     "yardstick": ["yardstick_get5", "yardstick_post_spread"],
@@ -147,6 +151,7 @@ PARTNERS: dict[str, list[str]] = {
     "pgbouncer_get5": ["direct_get5", "unprepared_get5"],
     "unprepared_post": ["direct_post"],
     "pgbouncer_post": ["direct_post", "unprepared_post"],
+    "v42_claim_empty": ["get5"],
 }
 DEFAULT_KEYS = frozenset(SCENARIOS) - {"curve"}
 
@@ -263,7 +268,8 @@ class Scenario:
 
     @property
     def kind(self) -> str:
-        return "get" if self.script == "get.lua" else "post"
+        """``get``, ``post``, or ``claim`` (claim42.lua: a POST with no yardstick twin)."""
+        return {"get.lua": "get", "post.lua": "post"}.get(self.script, "claim")
 
     def jobs(self, run_index: int) -> Sequence[SeededJob]:
         """The jobs of the warm-up (0) or of round ``run_index``."""
@@ -514,7 +520,7 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
             + (f"({plan.history_jobs:,} jobs with {plan.history_jobs * plan.history_records_per_job:,} records "
                f"by COPY, then VACUUM ANALYZE and CHECKPOINT)" if history else ""))
 
-        api = server("jobapi", "wsgi:app", main_url)
+        api = server("jobapi", "wsgi:app", main_url, env=JOBAPI_ENV)
         yardstick = server("yardstick", "yardstick_app:app", main_url, extra=["--pythonpath", str(HERE)])
         sqlite_api = server("jobapi-sqlite", "wsgi:app", sqlite_url) if sqlite else None
         serve(*(s for s in (api, yardstick, sqlite_api) if s))
@@ -549,6 +555,8 @@ def run(args: argparse.Namespace, keys: frozenset[str]) -> int:
                      yardstick_spread, server="yardstick"),
             Scenario("post_spread", "POST spread over 64 jobs", api, "post.lua", spread),
             Scenario("post_one", "POST concentrated on one job", api, "post.lua", concentrated),
+            # The request an idle fleet of 42.x pods sends every 2 s each, beside the GET it should cost about.
+            Scenario("v42_claim_empty", "42.x: empty claim (404)", api, "claim42.lua", [get5]),
         ]
         if sqlite:
             scenarios += [

@@ -58,6 +58,7 @@ def job_rows(
     job_id: str,
     key_digest: str,
     *,
+    number: int,
     records: int,
     created_at: datetime,
     last_state: str = "running",
@@ -99,6 +100,7 @@ def job_rows(
     claimed = records > 1
     job = {
         "id": job_id,
+        "number": number,
         "task": TASK,
         "args": ARGS,
         "proc": PROC,
@@ -115,6 +117,9 @@ def job_rows(
         "pinged_at": None,
         "claimed_by": "bench-runner" if claimed else None,
         "claimed_at": statuses[1]["timestamp"] if claimed else None,
+        # Claimed by a runner of the 31.x dialect, not a 42.x worker.
+        "claim": None,
+        "steps": None,
     }
     return job, statuses
 
@@ -129,6 +134,24 @@ class Seeder:
         self._rng = random.Random(20260)
         self._columns: dict[str, list[str]] | None = None
         self._engine = None if self.postgresql else create_engine(self.url)
+        self._last_number: int | None = None
+
+    def next_number(self) -> int:
+        """A job number not used yet in this database (numbers follow the largest held)."""
+        if self._last_number is None:
+            self._last_number = self._query_scalar("SELECT COALESCE(MAX(number), 0) FROM jobs")
+        self._last_number += 1
+        return self._last_number
+
+    def _query_scalar(self, statement: str):
+        if self.postgresql:
+            import psycopg
+
+            conninfo = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            with psycopg.connect(conninfo) as connection:
+                return connection.execute(statement).fetchone()[0]
+        with self._engine.connect() as connection:
+            return connection.exec_driver_sql(statement).scalar_one()
 
     # -- ids and jobs -------------------------------------------------------
 
@@ -153,7 +176,7 @@ class Seeder:
                 seeded = SeededJob(id=self.new_id(), key=make_key())
                 jobs.append(seeded)
                 yield job_rows(
-                    seeded.id, hash_key(seeded.key), records=records,
+                    seeded.id, hash_key(seeded.key), number=self.next_number(), records=records,
                     created_at=created_at, last_state=last_state,
                 )
 
@@ -170,7 +193,7 @@ class Seeder:
             for _ in range(jobs):
                 created_at = now - timedelta(days=1 + rng.random() * 180)
                 yield job_rows(
-                    self.new_id(), hash_key(make_key()), records=records_per_job,
+                    self.new_id(), hash_key(make_key()), number=self.next_number(), records=records_per_job,
                     created_at=created_at, last_state=rng.choice(states),
                     step=timedelta(seconds=60),
                 )
@@ -180,11 +203,25 @@ class Seeder:
     # -- inserting ----------------------------------------------------------
 
     def insert(self, jobs: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]], chunk_jobs: int = 5000) -> None:
-        """Insert (job row, status rows) pairs in one transaction, ``chunk_jobs`` jobs per batch."""
+        """Insert (job row, status rows) pairs in one transaction, ``chunk_jobs`` jobs per batch; the
+        seeded jobs' user gets its id, as jobapi gives one to every user a job names."""
+        self._add_user()
         if self.postgresql:
             self._insert_postgresql(jobs, chunk_jobs)
         else:
             self._insert_core(jobs, chunk_jobs)
+
+    def _add_user(self) -> None:
+        statement = f"INSERT INTO users (handle) VALUES ('{USER}') ON CONFLICT (handle) DO NOTHING"
+        if self.postgresql:
+            import psycopg
+
+            conninfo = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            with psycopg.connect(conninfo) as connection:
+                connection.execute(statement)
+            return
+        with self._engine.begin() as connection:
+            connection.exec_driver_sql(statement)
 
     def _chunks(self, jobs, chunk_jobs) -> Iterator[tuple[list[dict], list[dict]]]:
         job_batch: list[dict] = []

@@ -75,8 +75,8 @@ BASIC_CHALLENGE = 'Basic realm="jobs"'
 # that columns added to the tables later (nullable, or with defaults) change
 # nothing here.
 JOB_AUTH_COLUMNS = ("key_digest", "replaced_key_digest", "state", "updated_at")
-JOB_DOCUMENT_COLUMNS = ("task", "args", "proc", "mem", "user_id", "stage", "progress", "created_at",
-                        "claimed_at", "pinged_at")
+JOB_DOCUMENT_COLUMNS = ("number", "task", "args", "proc", "mem", "user_id", "stage", "progress", "created_at",
+                        "claimed_at", "pinged_at", "claim")
 RECORD_COLUMNS = ("state", "stage", "error", "progress", "timestamp", "step_name", "step_description")
 RECORD_INSERT_COLUMNS = ("job_id", "seq", *RECORD_COLUMNS, "idempotency_key", "request_digest")
 JOB_CURRENT_COLUMNS = ("state", "stage", "progress", "updated_at", "status_count")
@@ -532,9 +532,11 @@ def get_job(job_id: str):
     first = rows[0]
     state = first[2]
     check_key(*first[:_DOCUMENT_AT], key)
-    task, args, proc, mem, user_id, stage, progress, created_at, claimed_at, pinged_at = first[_DOCUMENT_AT:_RECORDS_AT]
+    (number, task, args, proc, mem, user_id, stage, progress, created_at, claimed_at, pinged_at,
+     claim) = first[_DOCUMENT_AT:_RECORDS_AT]
     document = {
         "id": job_id,
+        "number": number,
         "task": task,
         "args": args,
         "proc": proc,
@@ -550,6 +552,7 @@ def get_job(job_id: str):
         "archived": False,
         "rights": {},
         "ping": None if pinged_at is None else {"pinged_at": timestamp(pinged_at)},
+        "claim": claim,
     }
     return document, 200, {"Job-State": state}
 

@@ -63,8 +63,10 @@ def test_create_prints_one_json_document_with_key(runner, stored_job, stored):
     assert set(document) == {
         "id", "task", "args", "proc", "mem", "user", "status", "key",
         "workflow", "state", "stage", "progress", "created_at", "acquired", "archived", "rights", "ping",
+        "number", "claim",
     }
     assert re.fullmatch(r"[a-z0-9]{8}", document["id"])
+    assert document["number"] == stored_job(document["id"]).number and document["claim"] is None
     assert re.fullmatch(r"[0-9a-f]{64}", document["key"])
     assert document["task"] == "create_subtraction"
     assert document["args"] == {"subtraction_id": "Thale", "file_id": "vlekszor-ATgenomeTAIR9.171"}
@@ -233,7 +235,7 @@ def test_list_table_has_aligned_columns(runner, three_jobs):
     assert result.exit_code == 0, result.output
     header, *rows = result.stdout.rstrip("\n").split("\n")
     names = header.split()
-    assert names[:4] == ["ID", "STATE", "PROGRESS", "STAGE"]
+    assert names[:5] == ["ID", "NUMBER", "STATE", "PROGRESS", "STAGE"]
     assert {"TASK", "USER"} <= set(names)
     starts = [m.start() for m in re.finditer(r"\S+", header)]
     bounds = list(zip(starts, starts[1:] + [None]))
@@ -254,6 +256,9 @@ def test_list_table_has_aligned_columns(runner, three_jobs):
         assert (row["ID"], row["STATE"], row["PROGRESS"], row["STAGE"], row["TASK"], row["USER"]) == (
             job.id, state, progress, stage, task, user,
         )
+    # Numbers are given in creation order: the newest job, listed first, has the largest.
+    numbers = [int(cells(line)["NUMBER"]) for line in rows]
+    assert numbers == sorted(numbers, reverse=True) and numbers[-1] >= 1
 
 
 # jobs show

@@ -113,3 +113,42 @@ def test_systemd_accepts_the_units(tmp_path):
     # systemd only warns (exit 0) about unknown keys and values it cannot parse.
     ours = [line for line in checked.stderr.splitlines() if str(tmp_path) in line or "jobapi" in line]
     assert ours == []
+
+
+# Virtool 42.x workflow pods under KEDA (deploy/keda-virtool42-scaledjob.yaml)
+
+
+def _scaled_job() -> dict:
+    import yaml
+
+    return yaml.safe_load((DEPLOY / "keda-virtool42-scaledjob.yaml").read_text())
+
+
+def test_the_keda_scaled_job_points_its_pods_and_its_trigger_at_the_dialect():
+    scaled = _scaled_job()
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledJob")
+    [container] = scaled["spec"]["jobTargetRef"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["VT_JOBS_API_URL"].endswith("/virtool42")
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "metrics-api"
+    assert trigger["metadata"]["url"] == env["VT_JOBS_API_URL"] + "/jobs/counts"
+    assert trigger["metadata"]["valueLocation"] == f"pending.{env['VT_WORKFLOW']}"
+    assert trigger["metadata"]["format"] == "json" and int(trigger["metadata"]["targetValue"]) >= 1
+    assert scaled["spec"]["jobTargetRef"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_the_keda_trigger_reads_the_pending_jobs_of_its_workflow(client, make_job):
+    scaled = _scaled_job()
+    trigger = scaled["spec"]["triggers"][0]["metadata"]
+    path = "/" + trigger["url"].split("/", 3)[3]
+    workflow = trigger["valueLocation"].split(".")[1]
+    for _ in range(3):
+        make_job(task=workflow)
+    make_job(task="nuvs")
+    counts = client.get(path)  # as KEDA asks: no credentials
+    assert counts.status_code == 200
+    value = counts.get_json()
+    for key in trigger["valueLocation"].split("."):
+        value = value[key]
+    assert value == 3

@@ -45,8 +45,12 @@ def test_get_returns_the_job_document(client, job):
         "id", "task", "args", "proc", "mem", "user", "status",
         # Virtool's (SPEC 7.2)
         "workflow", "state", "stage", "progress", "created_at", "acquired", "archived", "rights", "ping",
+        # Virtool's 42.x dialect's (SPEC 12)
+        "number", "claim",
     }
     assert document["id"] == job.id
+    assert type(document["number"]) is int and document["number"] >= 1
+    assert document["claim"] is None
     assert document["task"] == "create_subtraction"
     assert document["args"] == {"subtraction_id": "Thale"}
     assert document["proc"] == 2 and type(document["proc"]) is int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -15,7 +16,8 @@ from sqlalchemy.engine import make_url
 
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.extensions import db
-from jobapi.models import Job, JobStatus, utcnow
+from jobapi.jobs import service
+from jobapi.models import Counter, Job, JobStatus, User, utcnow
 
 
 def script_directory() -> ScriptDirectory:
@@ -109,5 +111,49 @@ def test_virtool_migration_keeps_string_errors_and_comes_back(scratch_database_u
         assert db.session.execute(text("SELECT state FROM jobs")).scalar_one() == "error"
         db.session.commit()
         upgrade(directory=directory)
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_numbers_and_user_ids_are_given_to_existing_jobs_in_creation_order(scratch_database_url):
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": scratch_database_url})
+    directory = str(MIGRATIONS_DIRECTORY)
+    with app.app_context():
+        upgrade(directory=directory, revision="0005")
+        now = utcnow()
+        # Ids in another order than their times, and a tie broken by id.
+        made = [("zzzzzzzz", "bob", 3), ("mmmmmmmm", "alice", 1), ("aaaaaaaa", "bob", 2), ("bbbbbbbb", "carol", 2)]
+        for job_id, user, minutes in made:
+            db.session.execute(
+                text(
+                    "INSERT INTO jobs (id, task, args, proc, mem, user_id, key_digest, created_at, state, "
+                    "stage, progress, updated_at, status_count, claimed_by) VALUES (:id, 't', '{}', 1, 1, :user, "
+                    ":digest, :at, 'waiting', NULL, 0, :at, 1, :runner)"
+                ),
+                {"id": job_id, "user": user, "digest": "0" * 64, "at": now - timedelta(minutes=10 - minutes),
+                 "runner": "r" * 64},
+            )
+        db.session.commit()
+
+        upgrade(directory=directory)
+        numbers = dict(db.session.execute(select(Job.id, Job.number)).all())
+        assert numbers == {"mmmmmmmm": 1, "aaaaaaaa": 2, "bbbbbbbb": 3, "zzzzzzzz": 4}
+        users = dict(db.session.execute(select(User.handle, User.id)).all())
+        assert sorted(users, key=users.get) == ["alice", "bob", "carol"]
+        assert db.session.get(Counter, "job_number").value == 4
+        db.session.rollback()
+        new = service.create_job(db.session, task="t", user="dave")
+        db.session.commit()
+        assert new.job.number == 5
+        assert db.session.scalar(select(User.id).where(User.handle == "dave")) > max(users.values())
+        # A runner id as long as 42.x workers make them fits now.
+        db.session.execute(update(Job).where(Job.id == new.job.id).values(claimed_by="p" * 255))
+        db.session.commit()
+
+        downgrade(directory=directory, revision="0005")
+        assert db.session.execute(text("SELECT COUNT(*) FROM jobs")).scalar_one() == 5
+        db.session.commit()
+        upgrade(directory=directory)
+        assert db.session.get(Job, new.job.id).number == 5
         db.session.remove()
         db.engine.dispose()

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
-from conftest import push
+from conftest import basic_auth, push
 from sqlalchemy import event
 
 from jobapi.extensions import db
@@ -122,3 +122,40 @@ def test_acquire_costs_three(app, client, job, count_statements, monkeypatch):
         response = client.patch(f"/api/jobs/{job.id}", json={"acquired": True})
     assert response.status_code == 200
     assert len(statements) <= 3, statements
+
+
+# Virtool's 42.x dialect: an idle fleet polls the claim every 2 s, and a worker pings every 5 s.
+
+V42_CLAIM = {
+    "runnerId": "pod-1", "mem": 4, "cpu": 2, "image": "img", "runtimeVersion": "42.12.0", "workflowVersion": "1",
+    "steps": [{"id": "work", "name": "Work", "description": "Do the work."}],
+}
+
+
+def test_an_empty_42x_claim_costs_one_read_and_begins_no_write(app, client, count_statements, monkeypatch, make_job):
+    from jobapi.jobs import service
+
+    monkeypatch.setitem(app.config, "JOB_ACQUIRE", "open")
+    make_job(task="nuvs")
+
+    def no_write(*_args, **_kwargs):
+        raise AssertionError("an empty claim began a writing transaction")
+
+    monkeypatch.setattr(service, "begin_write", no_write)
+    with count_statements() as statements:
+        response = client.post("/virtool42/jobs/claim?workflow=create_sample", json=V42_CLAIM)
+    assert response.status_code == 404
+    assert len(statements) == 1 and statements[0].lstrip().upper().startswith("SELECT"), statements
+
+
+def test_a_42x_get_costs_one_statement_and_a_ping_two(app, client, count_statements, monkeypatch, make_job):
+    monkeypatch.setitem(app.config, "JOB_ACQUIRE", "open")
+    make_job()
+    claimed = client.post("/virtool42/jobs/claim?workflow=create_subtraction", json=V42_CLAIM).get_json()
+    auth = basic_auth(f"job-{claimed['id']}", claimed["key"])
+    with count_statements() as read:
+        assert client.get(f"/virtool42/jobs/{claimed['id']}", headers=auth).status_code == 200
+    with count_statements() as ping:
+        assert client.put(f"/virtool42/jobs/{claimed['id']}/ping", headers=auth).status_code == 200
+    assert len(read) == 1, read
+    assert len(ping) == 2, ping

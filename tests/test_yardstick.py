@@ -197,10 +197,11 @@ TIMESTAMPS = ("timestamp", "created_at", "pinged_at")
 
 
 def _comparable(value: Any) -> Any:
-    """A body without its timestamps, and a job document without its id (the twins differ in both)."""
+    """A body without its timestamps, and a job document without its id and number (the twins differ
+    in these)."""
     if isinstance(value, dict):
         return {k: _comparable(v) for k, v in value.items()
-                if k not in TIMESTAMPS and not (k == "id" and "status" in value)}
+                if k not in TIMESTAMPS and not (k in ("id", "number") and "status" in value)}
     if isinstance(value, list):
         return [_comparable(v) for v in value]
     return value

@@ -1,4 +1,4 @@
--- Shared by get.lua and post.lua (loaded with dofile; see BENCH_WRK_DIR below).
+-- Shared by get.lua, post.lua and claim42.lua (loaded with dofile; see BENCH_WRK_DIR below).
 --
 -- Arguments after wrk's "--":
 --   threads=<T>          wrk's -t, so each thread knows which jobs are its own
@@ -22,6 +22,9 @@
 -- least as many jobs as it has connections (4 jobs per connection: 256
 -- connections, 1,024 jobs). A request sent when no job was free (a response
 -- that named no job never gives its job back) is counted as "shared".
+--
+-- A script that sets bench_expected_status (claim42.lua: 404) counts any other status as
+-- non-2xx instead.
 --
 -- done() prints one parseable line:
 --   BENCH requests=.. duration_us=.. p50_us=.. p90_us=.. p99_us=.. max_us=..
@@ -122,7 +125,14 @@ function response(status, headers, body)
          free[free_tail] = id
       end
    end
-   if status < 200 or status > 299 then
+   -- A script may expect another answer (claim42.lua: 404); anything else is an error.
+   local unexpected
+   if bench_expected_status then
+      unexpected = status ~= bench_expected_status
+   else
+      unexpected = status < 200 or status > 299
+   end
+   if unexpected then
       non2xx = non2xx + 1
       codes[status] = (codes[status] or 0) + 1
       if not first_error then

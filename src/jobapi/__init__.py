@@ -104,6 +104,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_console(app)
     app.register_blueprint(apidocs_bp, url_prefix="/api")
 
+    # Virtool's 42.x workers speak a dialect of their own, on the same jobs.
+    from .virtool42 import init_virtool42
+
+    init_virtool42(app)
+
     # Last of the hooks, so its after-request hook runs first (see the module).
     from .request_cycle import init_request_cycle
 

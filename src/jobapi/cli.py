@@ -133,10 +133,11 @@ def list_command(state: str | None, task: str | None, user: str | None, limit: i
     if as_json:
         _print_json(job_summary_schema.dump(jobs, many=True))
         return
-    rows = [("ID", "STATE", "PROGRESS", "STAGE", "TASK", "USER", "CREATED")]
+    rows = [("ID", "NUMBER", "STATE", "PROGRESS", "STAGE", "TASK", "USER", "CREATED")]
     for job in jobs:
         rows.append((
             job.id,
+            str(job.number),
             job.state,
             progress_cell(job.progress),
             job.stage or "-",

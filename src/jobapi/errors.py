@@ -117,6 +117,8 @@ DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None, str | 
     domain.JobStateError: (409, "conflict", None, None),
     domain.TokenExists: (409, "conflict", None, None),
     domain.AlreadyAcquired: (400, "bad_request", None, None),
+    domain.StepNotFound: (404, "not_found", None, None),
+    domain.StepAlreadyStarted: (409, "conflict", None, None),
     domain.IdempotencyKeyReused: (422, "invalid_input", "Invalid input", "Idempotency-Key"),
     domain.InvalidCursor: (422, "invalid_input", "Invalid input", "cursor"),
 }

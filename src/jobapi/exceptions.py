@@ -83,6 +83,26 @@ class AlreadyAcquired(DomainError):
     message = "Job already acquired"
 
 
+class StepNotFound(DomainError):
+    """The job's claim declared no step with this id."""
+
+    message = "Step not found"
+
+    def __init__(self, step_id: str) -> None:
+        super().__init__()
+        self.step_id = step_id
+
+
+class StepAlreadyStarted(DomainError):
+    """The step was started before another one was: starting it again would move the job back."""
+
+    message = "Step already started"
+
+    def __init__(self, step_id: str) -> None:
+        super().__init__()
+        self.step_id = step_id
+
+
 class TooManyRecords(JobStateError):
     """The job holds as many status records as a job may."""
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -22,15 +23,19 @@ from .extensions import db
 from .jobs.states import FINAL_STATES, STATES, state_check_constraint
 
 __all__ = [
-    "FINAL_STATES", "STATES", "ROLES", "JOB_ID_PATTERN", "Job", "JobStatus", "ApiToken", "ConsoleSession", "utcnow",
+    "FINAL_STATES", "STATES", "ROLES", "JOB_ID_PATTERN", "MAX_JOB_NUMBER", "Job", "JobStatus", "ApiToken",
+    "ConsoleSession", "User", "Counter", "utcnow",
 ]
 
 ROLES = ("operator", "runner")
 # A job's id: 8 characters of a-z and 0-9, made by the server. The one definition of its
 # shape, which the routes, the schemas and the OpenAPI document use.
 JOB_ID_PATTERN = "[a-z0-9]{8}"
+# A job's number (its id in Virtool's 42.x dialect) is a positive PostgreSQL integer.
+MAX_JOB_NUMBER = 2**31 - 1
 
 _STATE_CHECK = state_check_constraint()
+_WAITING_UNCLAIMED = text("state = 'waiting' AND claimed_at IS NULL")
 
 
 def utcnow() -> datetime:
@@ -94,6 +99,9 @@ class Job(JobFacts, db.Model):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(8), primary_key=True)
+    # A positive integer given at creation, in creation order, never reused
+    # (jobapi.jobs.numbering): the job's id to Virtool's 42.x workers.
+    number: Mapped[int] = mapped_column(Integer, unique=True)
     task: Mapped[str] = mapped_column(String(64))
     args: Mapped[dict[str, Any]] = mapped_column(JSON)
     proc: Mapped[int] = mapped_column(Integer)
@@ -118,9 +126,16 @@ class Job(JobFacts, db.Model):
     # later of this and ``updated_at``.
     pinged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When the job was acquired (or claimed: the same event), and by which
-    # runner (its token's name; None for an acquire without a token).
-    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    # runner (its token's name, or a 42.x worker's runnerId; None for an
+    # acquire without a token).
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What a 42.x worker said of itself when it claimed the job, as Virtool
+    # stores it ({"runner_id", "mem", "cpu", "image", "runtime_version",
+    # "workflow_version"}), and the steps it declared, each {"id", "name",
+    # "description", "started_at"}; None for a job not claimed that way.
+    claim: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
     statuses: Mapped[list[JobStatus]] = relationship(
         order_by="JobStatus.seq",
@@ -133,9 +148,13 @@ class Job(JobFacts, db.Model):
         CheckConstraint("proc >= 1", name="proc"),
         CheckConstraint("mem >= 1", name="mem"),
         CheckConstraint("progress >= 0 AND progress <= 100", name="progress"),
+        CheckConstraint("number >= 1", name="number"),
         # Newest first, with the id as a tie-breaker for stable pages.
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_state_created_at", "state", "created_at"),
+        # A 42.x worker's claim looks only at waiting jobs not yet taken, by task.
+        Index("ix_jobs_claimable", "task", "created_at",
+              postgresql_where=_WAITING_UNCLAIMED, sqlite_where=_WAITING_UNCLAIMED),
     )
 
     def __repr__(self) -> str:
@@ -226,3 +245,31 @@ class ConsoleSession(db.Model):
 
     def __repr__(self) -> str:
         return f"<ConsoleSession of token {self.token_id} until {self.expires_at}>"
+
+
+class User(db.Model):
+    """A user handle a job has named, and the integer id jobapi gave it the first time
+    (Virtool's 42.x dialect shows users as ``{"id": int, "handle": str}``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    handle: Mapped[str] = mapped_column(String(64), unique=True)
+
+    # SQLite's AUTOINCREMENT: an id is never given twice, even after a delete.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.handle}>"
+
+
+class Counter(db.Model):
+    """A named number that only grows: the last job number given (``job_number``)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+
+    def __repr__(self) -> str:
+        return f"<Counter {self.name} {self.value}>"

@@ -35,6 +35,8 @@ from .schemas import (
     MAX_ERROR_BYTES,
     MAX_ERROR_CHARACTERS,
     AcquireSchema,
+    CLAIM_RECORD_KEYS,
+    ClaimRecord,
     ClaimSchema,
     ErrorField,
     ErrorMessages,
@@ -229,8 +231,10 @@ IDEMPOTENCY_PARAMETER = {
 # Pages for people, not part of the API, which the document leaves out: the
 # operator console (and ``/``, which leads there), the docs page that renders
 # this document, and the static files they load. They are registered on the
-# app, not through the Api, so the document never sees them.
-NOT_API_BLUEPRINTS = frozenset({"console", "apidocs"})
+# app, not through the Api, so the document never sees them. Nor does it see
+# Virtool's 42.x dialect (``/virtool42``): its contract is Virtool's own
+# (jobapi.virtool42), for Virtool's runtime, not jobapi's API.
+NOT_API_BLUEPRINTS = frozenset({"console", "apidocs", "virtool42"})
 NOT_API_ENDPOINTS = frozenset({"index", "static"})
 
 
@@ -259,7 +263,9 @@ path that does not exist answers 404 `not_found`. Bodies are at most
 {body_limit} bytes on every route. Every answer carries `X-Request-ID`.
 
 The operator console (`/console/`) and this document's rendering (`/api/docs`)
-are pages for people, not part of the API, and are not described here.
+are pages for people, not part of the API, and are not described here. Nor is
+`/virtool42`, where Virtool's 42.x workers claim and run the same jobs in their
+own dialect: its contract is Virtool's (packages/contracts in virtool/virtool).
 """
 
 
@@ -455,6 +461,16 @@ def _custom_fields(converter, obj: fields.Field, **kwargs: Any) -> dict[str, Any
             "type": ["object", "null"],
             "properties": {"pinged_at": {"type": "string", "format": "date-time"}},
             "required": ["pinged_at"],
+            "additionalProperties": False,
+        }
+    if isinstance(obj, ClaimRecord):
+        text = {"type": "string"}
+        return {
+            "type": ["object", "null"],
+            "properties": {
+                key: ({"type": "number"} if key in ("mem", "cpu") else text) for key in CLAIM_RECORD_KEYS
+            },
+            "required": list(CLAIM_RECORD_KEYS),
             "additionalProperties": False,
         }
     if isinstance(obj, ErrorField):

@@ -18,7 +18,7 @@ from marshmallow import (
 )
 
 from .jobs.states import ERROR_ALLOWED, ERROR_REQUIRED, PUSHABLE_STATES, STATES
-from .models import JOB_ID_PATTERN
+from .models import JOB_ID_PATTERN, MAX_JOB_NUMBER
 
 MAX_ARGS_BYTES = 64 * 1024
 MAX_ERROR_CHARACTERS = 16384
@@ -292,6 +292,7 @@ class ClaimSchema(Schema):
 # answers hold, for the OpenAPI document (jobapi.openapi).
 
 _job_id = validate.Regexp(JOB_ID_PATTERN + r"\Z")
+_job_number = validate.Range(min=1, max=MAX_JOB_NUMBER)
 _state = validate.OneOf(STATES)
 _percent = validate.Range(min=0, max=100)
 
@@ -315,6 +316,16 @@ class PingRef(fields.Field):
 
     def _serialize(self, value: datetime | None, attr, obj, **kwargs) -> dict[str, str] | None:
         return None if value is None else {"pinged_at": format_timestamp(value)}
+
+
+class ClaimRecord(fields.Field):
+    """What a Virtool 42.x worker said of itself when it claimed the job, as Virtool stores it:
+    ``{"runner_id", "mem", "cpu", "image", "runtime_version", "workflow_version"}``; null for
+    a job not claimed that way."""
+
+
+# The claim's keys as jobs keep them.
+CLAIM_RECORD_KEYS = ("runner_id", "mem", "cpu", "image", "runtime_version", "workflow_version")
 
 
 class ErrorOut(fields.Field):
@@ -355,6 +366,7 @@ class JobOutSchema(Schema):
     """The full job document (SPEC 1.1), with Virtool's fields (SPEC 7.2)."""
 
     id = fields.String(validate=_job_id)
+    number = fields.Integer(validate=_job_number)
     task = fields.String()
     args = fields.Dict(keys=fields.String())
     proc = fields.Integer()
@@ -370,6 +382,7 @@ class JobOutSchema(Schema):
     archived = fields.Constant(False)
     rights = fields.Constant({})
     ping = PingRef(attribute="pinged_at", allow_none=True)
+    claim = ClaimRecord(allow_none=True)
 
 
 class NewJobSchema(JobOutSchema):
@@ -382,6 +395,7 @@ class JobSummarySchema(Schema):
     """A job in a list: its current state, not its history."""
 
     id = fields.String(validate=_job_id)
+    number = fields.Integer(validate=_job_number)
     task = fields.String()
     user = UserRef(attribute="user_id")
     proc = fields.Integer()
@@ -499,6 +513,7 @@ def job_document(job: Any, records: Iterable[Sequence[Any]]) -> dict[str, Any]:
     each the sequence of its columns in ``STATUS_COLUMNS`` order (a row)."""
     return {
         "id": job.id,
+        "number": job.number,
         "task": job.task,
         "args": job.args,
         "proc": job.proc,
@@ -514,4 +529,5 @@ def job_document(job: Any, records: Iterable[Sequence[Any]]) -> dict[str, Any]:
         "archived": False,
         "rights": {},
         "ping": None if job.pinged_at is None else {"pinged_at": format_timestamp(job.pinged_at)},
+        "claim": job.claim,
     }

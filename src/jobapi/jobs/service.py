@@ -1,5 +1,5 @@
 """The rules of jobs: making them, locking them, pushing status through the state machine,
-heartbeats, acquiring and claiming, cancelling, removing and new keys.
+heartbeats, acquiring and claiming, steps, finishing, cancelling, removing and new keys.
 
 Views, console pages and CLI commands all call these functions. They take
 the session, raise the domain's exceptions (``jobapi.exceptions``), and
@@ -30,12 +30,16 @@ from ..exceptions import (
     JobNotWaiting,
     JobStateError,
     JobStillActive,
+    StepAlreadyStarted,
+    StepNotFound,
     TooManyRecords,
 )
 from ..keys import hash_key, make_key
 from ..models import JOB_ID_PATTERN, Job, JobStatus, utcnow
+from ..schemas import format_timestamp
 from ..storage import begin_write
 from . import statements
+from .numbering import next_job_number, user_id
 from .states import check_transition
 
 ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -170,15 +174,19 @@ def create_job(
     proc: int = 1,
     mem: int = 1,
 ) -> NewJob:
-    """Make a job in the ``waiting`` state with its first record and a new key."""
+    """Make a job in the ``waiting`` state with its first record, its number and a new key;
+    its user gets an id if no job named it before."""
     begin_write(session)
     job_id = new_job_id()
     while session.get(Job, job_id) is not None:
         job_id = new_job_id()
+    connection = session.connection()
+    number = next_job_number(connection)
+    user_id(connection, user)
     key = make_key()
     now = utcnow()
     job = Job(
-        id=job_id, task=task, args=args or {}, proc=proc, mem=mem, user_id=user,
+        id=job_id, number=number, task=task, args=args or {}, proc=proc, mem=mem, user_id=user,
         key_digest=hash_key(key), created_at=now, state="waiting", stage=None,
         progress=0, updated_at=now, status_count=1,
     )
@@ -380,6 +388,14 @@ def rotate_key(session: Session, job_id: str) -> str:
     return key
 
 
+def _take(job: Job, runner: str | None) -> str:
+    """A worker or a runner takes the job: it is acquired now, by ``runner``; its new key."""
+    key = _replace_key(job)
+    job.claimed_by = runner
+    job.claimed_at = utcnow()
+    return key
+
+
 def acquire_job(session: Session, job: Job, *, runner: str | None = None) -> NewJob:
     """A worker takes a waiting job, locked by ``lock_job``, and gets a fresh key (SPEC 7.1).
 
@@ -390,11 +406,27 @@ def acquire_job(session: Session, job: Job, *, runner: str | None = None) -> New
         raise AlreadyAcquired()
     if job.state != "waiting":
         raise JobNotWaiting(job.state)
-    key = _replace_key(job)
-    job.claimed_by = runner
-    job.claimed_at = utcnow()
+    key = _take(job, runner)
     session.flush()
     return NewJob(job=job, key=key)
+
+
+def _lock_claimable(session: Session, *conditions: Any) -> Job | None:
+    """The oldest waiting job not yet taken that meets ``conditions``, its row locked.
+
+    On PostgreSQL the candidate row is locked with SKIP LOCKED, so claims made
+    at once never get the same job and never wait on each other (nor on an
+    acquire holding a job); on SQLite the write transaction makes them serial.
+    """
+    begin_write(session)
+    return session.scalars(
+        select(Job)
+        .where(Job.state == "waiting", Job.claimed_at.is_(None), *conditions)
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).first()
 
 
 def claim_job(
@@ -402,33 +434,113 @@ def claim_job(
 ) -> NewJob | None:
     """Hand a runner the oldest waiting job not yet taken that it can run, with a fresh key.
 
-    On PostgreSQL the candidate row is locked with SKIP LOCKED, so runners
-    claiming at once never get the same job and never wait on each other;
-    on SQLite the write transaction makes claims serial. The job's previous
-    key stops working.
+    The job's previous key stops working; it stays ``waiting`` until its worker
+    pushes.
     """
-    begin_write(session)
-    job = session.scalars(
-        select(Job)
-        .where(
-            Job.state == "waiting",
-            Job.claimed_at.is_(None),
-            Job.task.in_(list(tasks)),
-            Job.proc <= proc,
-            Job.mem <= mem,
-        )
-        .order_by(Job.created_at, Job.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    ).first()
+    job = _lock_claimable(session, Job.task.in_(list(tasks)), Job.proc <= proc, Job.mem <= mem)
     if job is None:
         return None
-    key = _replace_key(job)
-    job.claimed_by = runner
-    job.claimed_at = utcnow()
+    key = _take(job, runner)
     session.flush()
     return NewJob(job=job, key=key)
+
+
+@dataclass(frozen=True)
+class StepDeclaration:
+    """A step a worker will run, as it declares it when it claims a job."""
+
+    id: str
+    name: str
+    description: str
+
+
+def claim_workflow(
+    session: Session,
+    *,
+    workflow: str,
+    runner: str,
+    claim: Mapping[str, Any],
+    steps: Sequence[StepDeclaration],
+) -> NewJob | None:
+    """Hand a worker the oldest waiting job not yet taken whose task is ``workflow``, whatever
+    its size (a worker's size is its deployment's), with a fresh key; None if none waits.
+
+    The job is acquired by ``runner`` and ``running`` now (a record, which is
+    also a heartbeat); ``claim`` (what the worker says of itself) and the steps
+    it will run, none started yet, are kept with the job. Every older key stops
+    working.
+    """
+    job = _lock_claimable(session, Job.task == workflow)
+    if job is None:
+        return None
+    key = _take(job, runner)
+    job.claim = dict(claim)
+    job.steps = [
+        {"id": step.id, "name": step.name, "description": step.description, "started_at": None}
+        for step in steps
+    ]
+    session.flush()
+    record = append_status(session.connection(), job, state="running", stage=None, progress=0)
+    assert record is not None
+    return NewJob(job=job, key=key)
+
+
+@dataclass(frozen=True)
+class StepStart:
+    """A step of a job, started, and whether this request started it (False: a repeat)."""
+
+    step: Mapping[str, Any]
+    stored: bool
+
+
+def steps_progress(steps: Sequence[Mapping[str, Any]]) -> int:
+    """How far a job is through its declared steps: the share started, floored to a percent."""
+    started = sum(1 for step in steps if step["started_at"] is not None)
+    return started * 100 // len(steps)
+
+
+def start_step(connection: Connection, job: statements.JobRow, step_id: str) -> StepStart:
+    """Start one of the steps a locked job's claim declared: a ``running`` record whose stage is
+    the step's id (with its name and description), at the share of steps started.
+
+    Starting again the step started last changes nothing and answers it as it
+    was (a worker retries a start whose answer it lost); a step started before
+    that is ``StepAlreadyStarted``; one never declared is ``StepNotFound``.
+    """
+    if job.finished:
+        raise JobFinished(job.state)
+    steps = [dict(step) for step in job.steps or ()]
+    step = next((candidate for candidate in steps if candidate["id"] == step_id), None)
+    if step is None:
+        raise StepNotFound(step_id)
+    if step["started_at"] is not None:
+        latest = max(candidate["started_at"] for candidate in steps if candidate["started_at"] is not None)
+        if step["started_at"] != latest:
+            raise StepAlreadyStarted(step_id)
+        return StepStart(step=step, stored=False)
+    check_transition(job.state, "running")
+    step["started_at"] = ""  # counted as started for the progress below
+    record = append_status(
+        connection, job, state="running", stage=step_id, progress=steps_progress(steps),
+        step_name=step["name"], step_description=step["description"],
+    )
+    assert record is not None
+    step["started_at"] = format_timestamp(record.timestamp)
+    statements.write_steps(connection, job.id, steps)
+    job.steps = steps
+    return StepStart(step=step, stored=True)
+
+
+def finish_job(connection: Connection, job: statements.JobRow) -> statements.Record:
+    """A locked ``running`` job's work is done: a ``complete`` record at 100 %, keeping its stage.
+
+    A job in any other state is refused by the state machine (``JobFinished``,
+    ``TransitionRefused``): a second finish is no silent success.
+    """
+    check_transition(job.state, "complete")
+    record = append_status(connection, job, state="complete", stage=job.stage, progress=100)
+    assert record is not None
+    return record
 
 
 @dataclass(frozen=True)

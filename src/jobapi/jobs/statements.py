@@ -1,5 +1,5 @@
 """The SQL of a job's own requests: read its document, lock it, append a record, find a
-retried push's record, record a heartbeat.
+retried push's record, record a heartbeat, keep its steps.
 
 These are the requests workers make all the time, so they skip the ORM: one
 text per database, run prepared on a connection of SQLAlchemy's pool (the
@@ -27,7 +27,7 @@ from ..storage import HeldConnection, is_postgresql, run_on_driver
 _JOB = ("id", "state", "stage", "progress", "updated_at", "status_count", "pinged_at",
         "key_digest", "replaced_key_digest", "claimed_at")
 # And those only its document shows.
-_DOCUMENT = ("task", "args", "proc", "mem", "user_id", "created_at")
+_DOCUMENT = ("task", "args", "proc", "mem", "user_id", "created_at", "number", "claim")
 # A record's columns, in the order documents show them.
 _RECORD = ("state", "stage", "error", "progress", "timestamp", "step_name", "step_description")
 _INSERT = ("job_id", "seq", "state", "stage", "error", "progress", "timestamp",
@@ -77,6 +77,7 @@ POSTGRESQL = {
         "FROM record WHERE jobs.id = %s RETURNING record.seq"
     ),
     "ping": "UPDATE jobs SET pinged_at = %s WHERE id = %s",
+    "steps": "UPDATE jobs SET steps = %s WHERE id = %s",
 }
 
 # SQLite: its write lock is the transaction's (BEGIN IMMEDIATE), and its
@@ -95,6 +96,7 @@ SQLITE = {
     ),
     "update": f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _CURRENT)} WHERE id = ?",
     "ping": "UPDATE jobs SET pinged_at = ? WHERE id = ?",
+    "steps": "UPDATE jobs SET steps = ? WHERE id = ?",
 }
 
 
@@ -134,8 +136,12 @@ class JobRow(JobFacts):
     mem: int | None = None
     user_id: str | None = None
     created_at: datetime | None = None
+    number: int | None = None
+    claim: dict[str, Any] | None = None
     # Read for a document only: each record's columns, in ``_RECORD`` order.
     records: list[Sequence[Any]] | None = None
+    # The steps a 42.x worker declared (jobapi.virtool42 reads them).
+    steps: list[dict[str, Any]] | None = None
 
 
 # SQLite keeps times as naive UTC text, the way SQLAlchemy's DateTime writes them.
@@ -161,6 +167,8 @@ def _job(row: tuple, sqlite: bool) -> JobRow:
             job.created_at = _sqlite_time(job.created_at)  # type: ignore[arg-type]
         if isinstance(job.args, str):
             job.args = json.loads(job.args)
+        if isinstance(job.claim, str):
+            job.claim = json.loads(job.claim)
     return job
 
 
@@ -263,3 +271,11 @@ def ping(connection: Connection | HeldConnection, job_id: str, at: datetime) -> 
 
 def _sqlite_text(value: datetime) -> str:
     return value.astimezone(UTC).strftime(_SQLITE_TIME)
+
+
+def write_steps(connection: Connection | HeldConnection, job_id: str, steps: list[dict[str, Any]]) -> None:
+    """Keep a locked job's steps (as a 42.x worker declared them, with their start times)."""
+    if is_postgresql(connection):
+        run_on_driver(connection, POSTGRESQL["steps"], (Json(steps), job_id))
+    else:
+        run_on_driver(connection, SQLITE["steps"], (json.dumps(steps), job_id))
