@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
+from werkzeug.routing import BaseConverter
 
 from .. import exceptions as domain
 from ..auth import parse_basic
@@ -47,7 +48,16 @@ from .schemas import (
     stored_claim,
 )
 
+class JobNumberConverter(BaseConverter):
+    """A job number in a path: any segment but the fixed routes beside it (``/jobs/claim``,
+    ``/jobs/counts``), so that ``HEAD /virtool42/jobs/claim`` is 405, not a read of a job
+    numbered "claim" (a malformed number is the admission's 404, after the credentials)."""
+
+    regex = r"(?!(?:claim|counts)(?:/|$))[^/]+"
+
+
 bp = Blueprint("virtool42", __name__)
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("job_number", JobNumberConverter))
 
 View = TypeVar("View", bound=Callable)
 _WORKFLOW = re.compile(TASK_PATTERN)
@@ -239,14 +249,14 @@ def _admit_claimer() -> None:
         raise refusal
 
 
-@bp.get("/jobs/<number>")
+@bp.get("/jobs/<job_number:number>")
 @job_route(writes=False)
 def get_job(number: str):
     """The job (Job): its arguments as strings, its claim, its steps, its state."""
     return job_document(g.job, _user_id(g.job.user_id, g.job_user_id))
 
 
-@bp.put("/jobs/<number>/ping")
+@bp.put("/jobs/<job_number:number>/ping")
 @job_route(writes=True)
 def ping(number: str):
     """A heartbeat; a final job's key is refused first (the hook), which is how its worker
@@ -255,7 +265,7 @@ def ping(number: str):
     return {"pingedAt": format_timestamp(pinged_at)}
 
 
-@bp.post("/jobs/<number>/steps/<step_id>/start")
+@bp.post("/jobs/<job_number:number>/steps/<step_id>/start")
 @job_route(writes=True)
 def start_step(number: str, step_id: str):
     """Start a declared step (JobStepStarted); the step started last, again, is answered as it
@@ -263,7 +273,7 @@ def start_step(number: str, step_id: str):
     return started_document(service.start_step(request_connection(), g.job, step_id).step)
 
 
-@bp.post("/jobs/<number>/finish")
+@bp.post("/jobs/<job_number:number>/finish")
 @job_route(writes=True)
 def finish_job(number: str):
     """The work is done: the job succeeds (Job). There is no failing route: a worker that
