@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import requests
@@ -37,6 +41,109 @@ TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
 def pytest_report_header(config) -> str:
     target = make_url(normalize_database_url(TEST_DATABASE_URL)).render_as_string() if TEST_DATABASE_URL else "SQLite"
     return f"jobapi test database: {target}"
+
+
+# Programs the suite needs beyond Python's packages. A test that finds one missing skips
+# with a reason made by skip_without (below), and the run ends with one line naming every
+# area left untested and the Debian packages that bring them; under CI=true it fails instead.
+MISSING_TOOL = "missing tool: "
+_MISSING_TOOL_REASON = re.compile(r"missing tool: (?P<tool>.+?) \((?P<area>.+); apt-get install (?P<package>\S+)\)$")
+
+
+def skip_without(tool: str, area: str, package: str | None = None) -> NoReturn:
+    """Skip the calling test (or module) because ``tool`` is not installed; under CI=true,
+    where the suite must run whole (``.ci/run`` installs what it needs), fail it.
+
+    ``area`` says what goes untested, ``package`` names the Debian package that brings
+    the tool (default: the tool's name).
+    """
+    __tracebackhide__ = True  # the skip is reported at the caller's line
+    install = f"apt-get install {package or tool}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{tool} is not installed ({install}), and CI must test {area}", pytrace=False)
+    pytest.skip(f"{MISSING_TOOL}{tool} ({area}; {install})", allow_module_level=True)
+
+
+def require_program(name: str, area: str, package: str | None = None, paths: tuple[str, ...] = ()) -> str:
+    """The path of the program ``name``, found on PATH or at one of ``paths``; else skip_without."""
+    __tracebackhide__ = True
+    found = shutil.which(name) or next((path for path in paths if os.access(path, os.X_OK)), None)
+    if found is None:
+        skip_without(name, area, package)
+    return found
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line naming every area skipped for a missing tool, and how to install them all.
+
+    With MISSING_TOOLS_FILE set (``make test`` sets it for its two halves), the areas are
+    also kept in that file, and the line names those of earlier runs that kept them there too.
+    """
+    found: list[dict[str, str]] = []
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        match = _MISSING_TOOL_REASON.match(reason.removeprefix("Skipped: "))
+        if match:
+            found.append(match.groupdict())
+    record = os.environ.get("MISSING_TOOLS_FILE")
+    if record:
+        path = Path(record)
+        earlier = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        with path.open("a") as file:
+            file.writelines(json.dumps(entry) + "\n" for entry in found)
+        found = earlier + found
+    areas: dict[str, list[str]] = {}
+    packages: dict[str, None] = {}
+    for entry in found:
+        listed = areas.setdefault(entry["tool"], [])
+        if entry["area"] not in listed:
+            listed.append(entry["area"])
+        packages[entry["package"]] = None
+    changes = terminalreporter.config.stash.get(_TREE_CHANGES, [])
+    if changes:
+        terminalreporter.write_line(
+            "The run changed the checkout (tests must write to temporary folders or build/): "
+            + ", ".join(line.strip() for line in changes),
+            red=True, bold=True,
+        )
+    if areas:
+        named = "; ".join(f"{tool}: {', '.join(listed)}" for tool, listed in areas.items())
+        terminalreporter.write_line(
+            f"Not tested for want of a tool ({named}); apt-get install -y {' '.join(packages)}",
+            yellow=True, bold=True,
+        )
+
+
+# The run leaves the checkout as it found it: what tests write goes to temporary
+# folders or to build/ (ignored by git). Under CI=true a run that changed it fails.
+_TREE_BEFORE = pytest.StashKey[str | None]()
+_TREE_CHANGES = pytest.StashKey[list[str]]()
+
+
+def _tree_status() -> str | None:
+    """``git status`` of the checkout (changed and untracked files), or None outside one."""
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return status.stdout if status.returncode == 0 else None
+
+
+def pytest_sessionstart(session) -> None:
+    session.config.stash[_TREE_BEFORE] = _tree_status()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    before, after = session.config.stash.get(_TREE_BEFORE, None), _tree_status()
+    if before is None or after is None or after == before:
+        return
+    changes = sorted(set(after.splitlines()) - set(before.splitlines()))
+    session.config.stash[_TREE_CHANGES] = changes
+    if changes and os.environ.get("CI", "").lower() == "true":
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _recreate_postgresql_database(url: str) -> None:

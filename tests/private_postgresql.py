@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, skip_without
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -219,7 +219,7 @@ def clusters(is_postgresql) -> Iterator[Clusters]:
         pytest.skip("runs in the PostgreSQL half of the suite")
     binaries = pg_bin()
     if binaries is None:
-        pytest.skip("PostgreSQL server binaries are not installed")
+        skip_without("initdb", "PostgreSQL servers of the tests' own (stopped, frozen, failed over)", "postgresql")
     made = Clusters(binaries)
     try:
         yield made
@@ -238,12 +238,7 @@ def private_cluster(clusters) -> PrivateCluster:
 
 def pgbouncer_binary() -> str:
     """The pgbouncer program; skips the test when there is none (fails it under CI=true)."""
-    found = find_pgbouncer()
-    if found:
-        return found
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("pgbouncer is not installed, and CI must run the PgBouncer tests (.ci/run installs it)")
-    pytest.skip("pgbouncer is not installed: deploy/pgbouncer.ini is not tested (apt-get install pgbouncer)")
+    return find_pgbouncer() or skip_without("pgbouncer", "deploy/pgbouncer.ini in front of PostgreSQL")
 
 
 class PrivateBouncer(PgBouncer):

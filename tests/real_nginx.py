@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,9 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, require_program
 
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 
@@ -26,14 +24,9 @@ LISTEN_LINE = re.compile(r"^([ \t]*)listen[ \t]+[^;\n]*;[^\n]*$", re.MULTILINE)
 
 def nginx_binary() -> str:
     """The nginx program; skips the test when there is none (fails it under CI=true)."""
-    found = shutil.which("nginx") or next(
-        (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)), None
+    return require_program(
+        "nginx", "deploy/nginx.conf in front of gunicorn", paths=("/usr/sbin/nginx", "/usr/local/sbin/nginx")
     )
-    if found:
-        return found
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("nginx is not installed, and CI must run the nginx tests (.ci/run installs it)")
-    pytest.skip("nginx is not installed: deploy/nginx.conf is not tested (apt-get install nginx)")
 
 
 def render_site(

@@ -4,10 +4,8 @@ wrk's output, and the wrk scripts' promises (no job in flight on two connections
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
 import sys
 import threading
 import time
@@ -16,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from conftest import ROOT
+from conftest import ROOT, require_program, skip_without
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -186,12 +184,7 @@ def test_wrk_threads_divide_the_connections(connections, threads):
 
 @pytest.fixture(scope="module")
 def wrk_binary() -> str:
-    found = shutil.which("wrk")
-    if not found:
-        if os.environ.get("CI") == "true":
-            pytest.fail("wrk is required under CI (apt-get install wrk)")
-        pytest.skip("wrk is not installed (apt-get install wrk)")
-    return found
+    return require_program("wrk", "the benchmarks' wrk scripts")
 
 
 class JobServer(ThreadingHTTPServer):
@@ -283,12 +276,7 @@ def test_counted_run_ends_when_its_requests_are_done(wrk_binary, job_server, tmp
 
 @pytest.fixture(scope="module")
 def nginx_binary() -> str:
-    found = nginx_proxy.find_nginx()
-    if not found:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nginx is required under CI (apt-get install nginx)")
-        pytest.skip("nginx is not installed (apt-get install nginx)")
-    return found
+    return nginx_proxy.find_nginx() or skip_without("nginx", "the benchmarks' nginx proxy")
 
 
 def test_nginx_proxy_serves_the_site_in_front_of_a_server(nginx_binary, job_server, tmp_path):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +18,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from conftest import LiveServer, free_port, start_gunicorn, stop_gunicorn
+from conftest import LiveServer, free_port, require_program, start_gunicorn, stop_gunicorn
 from hostile_clients import latencies_while, raw_exchange, slow_and_silent_clients
 from jobapi.client import JobAPIError, JobClient
 from jobapi.extensions import db
@@ -154,11 +152,7 @@ def test_the_body_reaches_the_app_whole(echo_proxy):
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, made by openssl; skips without it (fails under CI=true)."""
-    openssl = shutil.which("openssl")
-    if not openssl:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("openssl is not installed, and CI must run this test (.ci/run installs it)")
-        pytest.skip("openssl is not installed: no certificate for the HTTPS tests")
+    openssl = require_program("openssl", "HTTPS through nginx")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",

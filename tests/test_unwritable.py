@@ -16,7 +16,13 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from conftest import _drop_postgresql_database, _recreate_postgresql_database, start_gunicorn, stop_gunicorn
+from conftest import (
+    _drop_postgresql_database,
+    _recreate_postgresql_database,
+    skip_without,
+    start_gunicorn,
+    stop_gunicorn,
+)
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.jobs import service
 from jobapi.extensions import db
@@ -98,7 +104,7 @@ def _assert_serving(caller: Caller, stages: list[str]) -> list[str]:
 def immutable() -> Iterator[Callable[[Path, bool], None]]:
     """Make files immutable (chattr +i), which refuses writes to root as well; undone after."""
     if shutil.which("chattr") is None:
-        _cannot_test("chattr is not installed: read-only SQLite files are not tested")
+        skip_without("chattr", "read-only SQLite files", "e2fsprogs")
     changed: set[Path] = set()
 
     def set_immutable(path: Path, on: bool) -> None:
@@ -179,7 +185,7 @@ def small_disk(tmp_path) -> Iterator[Path]:
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     if shutil.which("mount") is None:
-        _cannot_test("mount is not installed: a full disk is not tested")
+        skip_without("mount", "a full disk")
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(mount_point)],
         capture_output=True,
