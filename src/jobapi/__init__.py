@@ -21,9 +21,17 @@ try:
 except PackageNotFoundError:  # pragma: no cover - imported from a checkout that was never installed
     __version__ = "0.0.0"
 
-# migrations/ sits at the repository root, beside src/.
-MIGRATIONS_DIRECTORY = Path(__file__).resolve().parents[2] / "migrations"
 
+def _migrations_directory() -> Path:
+    """Alembic's folder: ``jobapi/migrations`` in a regular install (setup.py ships the
+    repository's migrations/ there), else migrations/ beside src/ (a checkout, or an
+    editable install)."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "migrations"
+    return shipped if (shipped / "env.py").is_file() else package.parents[1] / "migrations"
+
+
+MIGRATIONS_DIRECTORY = _migrations_directory()
 
 
 class JobapiFlask(Flask):
