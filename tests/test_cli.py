@@ -1,7 +1,9 @@
-"""The operator command line (SPEC 5): jobs create, list, show, cancel, remove, and the flask shell context."""
+"""The operator command line (SPEC 5): jobs create, list, show, cancel, remove, the shell, and the
+``jobapi`` command itself (its version, its help)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -495,3 +497,51 @@ def test_the_jobapi_command_is_flask_app_jobapi(database_url, app, job):
     assert [item["id"] for item in json.loads(listed.stdout)] == [job.id]
     helped = subprocess.run([str(command), "--help"], env=env, capture_output=True, text=True, timeout=60)
     assert "jobs" in helped.stdout and "tokens" in helped.stdout and "db" in helped.stdout
+
+
+def run_jobapi(database_url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The installed ``jobapi`` command, on the test database."""
+    command = Path(sys.executable).with_name("jobapi")
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run([str(command), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_version_is_jobapis(database_url):
+    import jobapi
+
+    shown = run_jobapi(database_url, "--version")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == f"jobapi {jobapi.__version__}\n"
+
+
+def test_help_lists_jobapis_commands_first_and_explains_flasks(database_url):
+    helped = run_jobapi(database_url, "--help")
+    assert helped.returncode == 0, helped.stderr
+    sections = re.split(r"^(\S.*):\n", helped.stdout, flags=re.MULTILINE)
+    commands = dict(zip(sections[1::2], sections[2::2]))
+    own = re.findall(r"^  (\S+)  ", commands["Commands"], re.MULTILINE)
+    assert own[:4] == ["jobs", "tokens", "db", "shell"]
+    assert re.findall(r"^  (\S+)  ", commands["Flask's commands"], re.MULTILINE) == ["routes", "run"]
+    assert "serve with gunicorn" in " ".join(commands["Flask's commands"].split())
+    # Flask's options for choosing an app and a .env file, and --debug, are not offered.
+    for option in ("--app", "-A,", "--env-file", "-e,", "--debug"):
+        assert option not in helped.stdout
+    assert "--version" in commands["Options"]
+
+
+def test_shell_banner_lists_the_names_it_loads(database_url, app, job):
+    ran = run_jobapi(
+        database_url, "shell",
+        stdin="print('ids', [row.id for row in session.scalars(select(Job))])\nprint('names', sorted(dir()))\n",
+    )
+    assert ran.returncode == 0, ran.stderr
+    listed = re.search(r"^Loaded: (.+)$", ran.stderr, re.MULTILINE).group(1).split(", ")
+    assert {"db", "session", "Job", "JobStatus", "ApiToken", "sqlalchemy", "select"} <= set(listed)
+    defined = re.search(r"names (\[.*\])", ran.stdout).group(1)
+    assert sorted(listed) == [name for name in ast.literal_eval(defined) if not name.startswith("__")]
+    assert f"ids ['{job.id}']" in ran.stdout
+    assert make_url_text(database_url) in ran.stderr  # the banner says which database
+
+
+def make_url_text(database_url: str) -> str:
+    return sqlalchemy.engine.make_url(database_url).render_as_string(hide_password=True)

@@ -7,15 +7,19 @@ stderr and exit status 1, with nothing written.
 
 from __future__ import annotations
 
+import code
 import json
+import platform
+import sys
 from typing import Any
 
 import click
-from flask.cli import FlaskGroup, with_appcontext
+from flask import current_app
+from flask.cli import FlaskGroup, routes_command, run_command, with_appcontext
 from marshmallow import ValidationError
 from sqlalchemy import exc as sa_exc
 
-from . import tokens
+from . import __version__, tokens
 from .exceptions import DomainError, JobNotFound
 from .extensions import db
 from .jobs import pages, service
@@ -308,12 +312,89 @@ def delete_token_command(name: str) -> None:
     click.echo(f"Deleted token {name!r}")
 
 
+# The commands ``jobapi --help`` lists, in this order, and the words for those that
+# come from libraries (their own are generic).
+OWN_COMMANDS = {
+    "jobs": None,
+    "tokens": None,
+    "db": "Apply the migrations (db upgrade), draft one (db migrate).",
+    "shell": None,
+    "openapi": "Print or write the API's OpenAPI document (flask-smorest).",
+}
+FLASK_COMMANDS = {
+    "routes": "Show the app's URL rules.",
+    "run": "Flask's development server, for trying a change; serve with gunicorn (make serve).",
+}
+
+
+class JobapiGroup(FlaskGroup):
+    """``flask --app jobapi`` under jobapi's own name: its version, its commands first, and
+    Flask's options for choosing an app hidden (this command has its app)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(add_default_commands=False, add_version_option=False, load_dotenv=False, **kwargs)
+        # -A/--app and -e/--env-file choose an app and a .env file (python-dotenv, which jobapi
+        # does not install); --debug only matters to `run`. They still work, unlisted.
+        for param in self.params:
+            if param.name in ("app", "env_file", "debug"):
+                param.hidden = True
+        click.version_option(__version__, "--version", prog_name="jobapi", message="%(prog)s %(version)s")(self)
+        self.add_command(shell_command)
+        self.add_command(routes_command)
+        self.add_command(run_command)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows: dict[str, tuple[str, str]] = {}
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                text = OWN_COMMANDS.get(name) or FLASK_COMMANDS.get(name) or command.get_short_help_str(120)
+                rows[name] = (name, text)
+        own = [rows.pop(name) for name in OWN_COMMANDS if name in rows]
+        flask = [rows.pop(name) for name in FLASK_COMMANDS if name in rows]
+        with formatter.section("Commands"):
+            formatter.write_dl(own + sorted(rows.values()))
+        if flask:
+            with formatter.section("Flask's commands"):
+                formatter.write_dl(flask)
+
+
+@click.command("shell", short_help="A Python shell with the database session and the models loaded.")
+@with_appcontext
+def shell_command() -> None:
+    """A Python shell in the app's context, with the database session and the models loaded
+    (the banner lists them)."""
+    names = current_app.make_shell_context()
+    url = db.engine.url.render_as_string(hide_password=True)
+    banner = (
+        f"jobapi {__version__} shell (Python {platform.python_version()}), database {url}\n"
+        f"Loaded: {', '.join(names)}\n"
+        "For example: session.scalars(select(Job).limit(5)).all()"
+    )
+    # Tab completion of those names, where Python's interactive start-up sets up readline.
+    interactive_hook = getattr(sys, "__interactivehook__", None)
+    if interactive_hook is not None:
+        try:
+            import readline
+            from rlcompleter import Completer
+        except ImportError:
+            pass
+        else:
+            readline.set_completer(Completer(names).complete)
+        interactive_hook()
+    code.interact(banner=banner, local=names, exitmsg="")
+
+
 def main() -> None:
     """The ``jobapi`` command: ``flask --app jobapi`` under a name of its own."""
     from . import create_app
 
-    FlaskGroup(
+    JobapiGroup(
         name="jobapi",
         create_app=lambda: create_app(),
-        help="jobapi's command line: jobs, tokens, db (migrations), shell, run.",
+        help=(
+            "jobapi's command line: make and manage jobs and tokens, apply the database's "
+            "migrations, open a shell. Settings come from the environment, as for the "
+            "server (DATABASE_URL; README: Configuration)."
+        ),
     ).main(prog_name="jobapi")
