@@ -3,6 +3,9 @@
     python examples/worker.py --url http://127.0.0.1:8000 --job-id ID --key KEY
     JOBAPI_URL=... JOB_ID=... JOB_KEY=... python examples/worker.py
 
+The URL is the service's root or its API's (``http://127.0.0.1:8000/api``); one that
+leads elsewhere stops the worker with a line saying what answered there.
+
 It reads its job, pushes ``running`` with the stage and progress as it
 enters each stage, pings while it works, and pushes ``complete`` at the end.
 If an operator cancels the job it stops at its next call to the service and
@@ -26,7 +29,10 @@ EXIT_CANCELLED = 3
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("JOBAPI_URL", "http://127.0.0.1:8000"))
+    parser.add_argument(
+        "--url", default=os.environ.get("JOBAPI_URL", "http://127.0.0.1:8000"),
+        help="the service's root URL or its API's (ending in /api); default JOBAPI_URL, else %(default)s",
+    )
     parser.add_argument("--job-id", default=os.environ.get("JOB_ID"))
     parser.add_argument("--key", default=os.environ.get("JOB_KEY"))
     parser.add_argument(

@@ -31,6 +31,7 @@ from jobapi.client import (
     NotFound,
     ServiceUnavailable,
     Unauthorized,
+    WrongURL,
 )
 from jobapi.extensions import db
 from jobapi.jobs import service
@@ -171,11 +172,112 @@ def test_invalid_push_raises_invalid_input_with_errors(job_client, job, stored):
     assert len(stored(job.id)) == 1
 
 
-def test_no_server_is_service_unavailable(job):
-    with JobClient(f"http://127.0.0.1:{free_port()}", job.id, job.key, retries=1, backoff_factor=0) as client:
+def test_no_server_is_service_unavailable_and_says_why(job):
+    url = f"http://127.0.0.1:{free_port()}"
+    told: list[str] = []
+    with JobClient(url, job.id, job.key, retries=1, backoff_factor=0, on_retry=lambda *retry: told.append(retry[2])) as client:
         with pytest.raises(ServiceUnavailable) as raised:
             client.get()
     assert raised.value.status is None
+    assert str(raised.value) == (
+        f"No answer from {url} (connection refused after 1 retries): is jobapi running there? "
+        "Give the service's root URL (http://host:8000) or its API's (http://host:8000/api)."
+    )
+    assert told == ["connection refused"]
+
+
+# One URL convention: the service's root, or its API's (ending in /api)
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/api", "/api/"])
+def test_the_root_url_or_the_apis(live_server, job, suffix):
+    with JobClient(live_server.url + suffix, job.id, job.key, retries=0) as client:
+        assert client.base_url == live_server.url
+        assert client.get()["id"] == job.id
+        assert client.ping()["state"] == "waiting"
+
+
+def test_jobapi_url_may_end_in_api(live_server, job, monkeypatch):
+    monkeypatch.setenv("JOBAPI_URL", live_server.url + "/api")
+    monkeypatch.setenv("JOB_ID", job.id)
+    monkeypatch.setenv("JOB_KEY", job.key)
+    with JobClient.from_environment(retries=0) as client:
+        assert client.get()["id"] == job.id
+
+
+def test_an_unknown_job_behind_the_apis_url_is_not_found(live_server, job):
+    with JobClient(live_server.url + "/api", "zzzzzzzz", job.key, retries=0) as client, pytest.raises(NotFound):
+        client.get()
+
+
+@pytest.mark.parametrize("suffix", ["/nothing", "/api/api", "/api/jobs"])
+def test_a_url_past_the_api_is_a_wrong_url(live_server, job, suffix):
+    with JobClient(live_server.url + suffix, job.id, job.key, retries=0) as client, pytest.raises(WrongURL) as raised:
+        client.get()
+    assert str(raised.value) == (
+        f"{live_server.url}{suffix.removesuffix('/api')} does not serve jobapi's API: GET /api/jobs/{job.id} "
+        "answered 404, and GET /api/openapi.json is not jobapi's API document. "
+        "Give the service's root URL (http://host:8000) or its API's (http://host:8000/api)."
+    )
+    assert raised.value.status == 404
+
+
+def test_a_web_page_is_a_wrong_url(live_server, job):
+    # Under /console every path is a page for GET (a sign-in form, here), and 405 for POST.
+    console = live_server.url + "/console"
+    with JobClient(console, job.id, job.key, retries=0) as client:
+        with pytest.raises(WrongURL) as raised:
+            client.get()
+        assert str(raised.value).startswith(f"{console} does not serve jobapi's API: GET /api/jobs/{job.id} answered 200 with text/html")
+        assert "not JSON" in str(raised.value)
+        with pytest.raises(WrongURL) as raised:
+            client.push("running", "align", 10)
+        assert f"POST /api/jobs/{job.id}/status answered 405, and GET /api/openapi.json is not" in str(raised.value)
+
+
+@pytest.fixture
+def other_site() -> Iterator[str]:
+    """A web server that is not jobapi: a page for /, an HTML 404 for anything else."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = (200, b"<html>Welcome</html>") if self.path == "/" else (404, b"<html>Not here</html>")
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_PUT = do_GET
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_another_sites_404_is_a_wrong_url(other_site, job):
+    with JobClient(other_site, job.id, job.key, retries=0) as client, pytest.raises(WrongURL) as raised:
+        client.get()
+    assert "answered 404, and GET /api/openapi.json is not jobapi's API document" in str(raised.value)
+
+
+def test_the_example_worker_says_when_its_url_is_wrong(live_server, job, stored):
+    worker = run_worker(live_server, job, "--url", live_server.url + "/nothing", "--job-id", job.id, "--key", job.key)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 1
+    assert err == (
+        f"job {job.id}: {live_server.url}/nothing does not serve jobapi's API: GET /api/jobs/{job.id} answered 404, "
+        "and GET /api/openapi.json is not jobapi's API document. Give the service's root URL (http://host:8000) "
+        "or its API's (http://host:8000/api).\n"
+    )
+    assert len(stored(job.id)) == 1
 
 
 # Retries, through a proxy that fails on purpose
@@ -343,7 +445,7 @@ def test_example_worker_runs_a_job_to_completion(live_server, job, stored):
 
 def test_example_worker_stops_when_cancelled_midway(app, live_server, job, stored):
     worker = run_worker(
-        live_server, job, "--url", live_server.url, "--job-id", job.id, "--key", job.key,
+        live_server, job, "--url", live_server.url + "/api", "--job-id", job.id, "--key", job.key,
         "--stage-seconds", "1",
     )
     try:

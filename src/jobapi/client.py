@@ -4,7 +4,7 @@
 
     from jobapi.client import JobCancelled, JobClient
 
-    client = JobClient("http://127.0.0.1:8000", job_id, key)
+    client = JobClient("http://127.0.0.1:8000", job_id, key)   # or http://127.0.0.1:8000/api
     job = client.get()
     client.push("running", "bowtie_build", 40)
     client.ping()
@@ -15,11 +15,16 @@ backoff, honouring ``Retry-After``. Pushes are retried too: each carries a
 fresh ``Idempotency-Key``, and a retry resends the same prepared request with
 the same key, so the service stores the record once however often it is sent.
 Answers the service refuses become the exceptions below.
+
+The URL is the service's root (``http://host:8000``) or its API's, ending in
+``/api`` (``http://host:8000/api``, as Virtool's workers take it); a URL that
+leads elsewhere raises ``WrongURL``, saying what answered there.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +46,9 @@ __all__ = [
     "JobTimedOut",
     "InvalidInput",
     "ServiceUnavailable",
+    "WrongURL",
     "JobClient",
+    "root_url",
 ]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -50,6 +57,10 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 # Every method the client sends may be retried: GET reads, PUT ping is a
 # heartbeat, and each POST push carries its Idempotency-Key.
 RETRY_METHODS = frozenset({"GET", "POST", "PUT"})
+# A path every jobapi serves, and that its OpenAPI document (GET <root>/api/openapi.json) lists.
+API_DOCUMENT = "/api/openapi.json"
+JOB_PATH = "/api/jobs/{job_id}"
+URL_FORMS = "the service's root URL (http://host:8000) or its API's (http://host:8000/api)"
 
 
 class JobAPIError(Exception):
@@ -133,6 +144,11 @@ class ServiceUnavailable(JobAPIError):
     """503 (or 502, 504, no connection) once every retry is spent; try again later."""
 
 
+class WrongURL(JobAPIError):
+    """The URL leads to something that is not jobapi's API: a 404 (or 405) where jobapi's
+    OpenAPI document is not found either, or an answer that is not JSON (a web page)."""
+
+
 _ERRORS_BY_STATUS: dict[int, type[JobAPIError]] = {
     401: Unauthorized,
     403: InsufficientRights,
@@ -171,9 +187,37 @@ class ReportingRetry(Retry):
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
         if self.listener is not None:
-            reason = f"HTTP {response.status}" if response is not None and error is None else str(error)
+            reason = f"HTTP {response.status}" if response is not None and error is None else failure(error)
             self.listener(method or "", url or "", reason)
         return retry
+
+
+def failure(error: BaseException | None) -> str:
+    """Why a connection failed, in a few words (``connection refused``), else the error's text."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, socket.gaierror):
+            return "host not found"
+        if isinstance(current, (TimeoutError, requests.Timeout)):
+            return "timed out"
+        if isinstance(current, ConnectionResetError):
+            return "connection reset"
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        pending += [arg for arg in current.args if isinstance(arg, BaseException)]
+    return str(error)
+
+
+def root_url(url: str) -> str:
+    """The service's root URL, from it or from its API's (one ending in ``/api``)."""
+    url = url.strip().rstrip("/")
+    return url[: -len("/api")] if url.endswith("/api") else url
 
 
 def default_retry(
@@ -218,10 +262,12 @@ class JobClient:
         backoff_factor: float = 0.5,
         on_retry: RetryListener | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = root_url(base_url)
         self.job_id = job_id
         self.timeout = timeout
+        self.retries = retries
         self.state: str | None = None
+        self._serves_the_api: bool | None = None
         self.session = requests.Session()
         self.session.auth = (f"job-{job_id}", key)
         self.session.headers["Accept"] = "application/json"
@@ -231,7 +277,8 @@ class JobClient:
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> JobClient:
-        """A client for ``JOBAPI_URL``, ``JOB_ID`` and ``JOB_KEY`` from the environment.
+        """A client for ``JOBAPI_URL`` (the service's root URL or its API's), ``JOB_ID`` and
+        ``JOB_KEY`` from the environment.
 
         Raises ``MissingSetting`` naming every one of them that is unset or empty.
         """
@@ -292,11 +339,47 @@ class JobClient:
                 method, self.base_url + path, timeout=self.timeout, **kwargs
             )
         except (requests.ConnectionError, requests.Timeout) as error:
-            raise ServiceUnavailable(f"No answer from {self.base_url}: {error}") from error
+            tries = f" after {self.retries} retries" if self.retries else ""
+            raise ServiceUnavailable(
+                f"No answer from {self.base_url} ({failure(error)}{tries}): is jobapi running there? "
+                f"Give {URL_FORMS}."
+            ) from error
+        if response.status_code in (404, 405) and not self._serves_api():
+            raise WrongURL(
+                f"{self.base_url} does not serve jobapi's API: {method} {path} answered {response.status_code}, "
+                f"and GET {API_DOCUMENT} is not jobapi's API document. Give {URL_FORMS}.",
+                status=response.status_code,
+            )
+        # jobapi's API answers in JSON, but for a proxy's 5xx in front of it.
+        if response.status_code < 500 and not _is_json(response):
+            kind = response.headers.get("Content-Type") or "no Content-Type"
+            raise WrongURL(
+                f"{self.base_url} does not serve jobapi's API: {method} {path} answered {response.status_code} "
+                f"with {kind}, not JSON (a web page?). Give {URL_FORMS}.",
+                status=response.status_code,
+            )
         self.state = response.headers.get(JOB_STATE_HEADER, self.state)
         if response.ok:
             return response.json()
         raise _error_for(response)
+
+    def _serves_api(self) -> bool:
+        """Whether the root URL serves jobapi's API: its OpenAPI document lists the job's route.
+        Asked once, when an answer is 404 (no such job, or no such API) or 405."""
+        if self._serves_the_api is None:
+            try:
+                answer = self.session.get(self.base_url + API_DOCUMENT, timeout=self.timeout)
+                document = answer.json() if answer.ok and _is_json(answer) else {}
+            except (requests.RequestException, ValueError):
+                return True  # no answer to the question: the 404 speaks for itself
+            paths = document.get("paths") if isinstance(document, dict) else None
+            self._serves_the_api = isinstance(paths, dict) and JOB_PATH in paths
+        return self._serves_the_api
+
+
+def _is_json(response: requests.Response) -> bool:
+    media_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 def _error_for(response: requests.Response) -> JobAPIError:
