@@ -174,7 +174,7 @@ def test_the_reaper_skips_a_locked_job_and_reaps_the_rest(app, database_url, is_
     if is_postgresql:
         # Only the held row is locked: the other job is reaped in its own transaction.
         assert f"Reaped job {free.id}" in result.stdout
-        assert "1 job(s) reaped, 1 skipped" in result.stdout
+        assert "1 job reaped, 1 skipped" in result.stdout
     with app.app_context():
         assert db.session.get(Job, held.id).state == "running"
         db.session.rollback()

@@ -13,6 +13,7 @@ from conftest import push
 from sqlalchemy import update
 
 from jobapi.extensions import db
+from jobapi.jobs.reaper import seconds
 from jobapi.models import Job, utcnow
 
 
@@ -217,7 +218,16 @@ def test_reap_with_short_timeout(client, runner, job, stored):
     result = runner.invoke(args=["jobs", "reap", "--timeout", "1"])
     assert result.exit_code == 0
     assert f"Reaped job {job.id}" in result.output
+    assert result.output.endswith("\n1 job reaped\n")
     assert stored(job.id)[-1].state == "timeout"
+    # One second, one job: the words agree with their numbers.
+    silence = r"(1 second|(?!1 )\d+ seconds)"
+    assert re.fullmatch(rf"No heartbeat for {silence} \(last at [^)]+\); the timeout is 1 second", stored(job.id)[-1].error)
+
+
+@pytest.mark.parametrize(("number", "words"), [("1", "1 second"), ("0", "0 seconds"), ("0.5", "0.5 seconds"), ("300", "300 seconds")])
+def test_a_number_of_seconds_agrees_with_its_unit(number, words):
+    assert seconds(number) == words
 
 
 def test_reap_rejects_bad_timeout(runner):

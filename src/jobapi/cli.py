@@ -216,7 +216,7 @@ def reap_command(timeout: float) -> None:
         if item is not None:
             reaped += 1
             click.echo(f"Reaped job {item.job.id} ({item.job.task}): {item.record.error}")
-    click.echo(f"{reaped} job(s) reaped" + (f", {skipped} skipped" if skipped else ""))
+    click.echo(f"{reaped} {'job' if reaped == 1 else 'jobs'} reaped" + (f", {skipped} skipped" if skipped else ""))
 
 
 @jobs_cli.command("watch")

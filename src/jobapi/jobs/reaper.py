@@ -74,13 +74,18 @@ def reap_job(session: Session, job_id: str, timeout_seconds: float) -> Reaped | 
     record = append_status(
         session.connection(), job, state="timeout", stage=job.stage, progress=job.progress,
         error=(
-            f"No heartbeat for {silence:.0f} seconds (last at "
+            f"No heartbeat for {seconds(f'{silence:.0f}')} (last at "
             f"{last_heartbeat.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}); "
-            f"the timeout is {timeout_seconds:g} seconds"
+            f"the timeout is {seconds(f'{timeout_seconds:g}')}"
         ),
     )
     assert record is not None
     return Reaped(job=job, record=record, last_heartbeat=last_heartbeat)
+
+
+def seconds(number: str) -> str:
+    """A number of seconds as written: ``1 second``, ``0.5 seconds``, ``300 seconds``."""
+    return f"{number} second" if number == "1" else f"{number} seconds"
 
 
 def _is_lock_refusal(error: sa_exc.OperationalError) -> bool:
