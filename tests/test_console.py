@@ -129,6 +129,16 @@ def test_sign_in_goes_back_to_the_page_asked_for_but_never_to_another_site(clien
         client.post("/console/sign-out", data={"csrf_token": form_token(client)})
 
 
+def test_a_path_that_is_no_page_is_never_offered_after_sign_in(client, operator):
+    asked = client.get("/console/login")
+    assert asked.status_code == 302 and asked.headers["Location"] == "/console/sign-in"
+    form = client.get("/console/sign-in?next=/console/login")
+    assert '<input type="hidden" name="next" value="/console/">' in form.text
+    for target in ("/console/login", "/console/jobs/_rows", "/console/sign-in", "/console/jobs/abcdefgh/_live"):
+        assert sign_in(client, operator, next=target).headers["Location"] == "/console/"
+        client.post("/console/sign-out", data={"csrf_token": form_token(client)})
+
+
 @pytest.mark.parametrize(
     "kind, status, message",
     [

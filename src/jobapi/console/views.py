@@ -16,6 +16,7 @@ import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     Response,
@@ -53,6 +54,8 @@ WRITING_ENDPOINTS = frozenset({
 })
 # The live page parts that scripts fetch every few seconds.
 FRAGMENT_ENDPOINTS = frozenset({"console.jobs_live", "console.job_live"})
+# Paths sign-in never leads back to: itself, live parts, and any path that is no page.
+NOT_LANDING_PAGES = PUBLIC_ENDPOINTS | FRAGMENT_ENDPOINTS | {"console.not_found"}
 
 # Scripts and styles come from this server only; no page may be framed.
 CONTENT_SECURITY_POLICY = (
@@ -93,7 +96,7 @@ def admit():
         if request.endpoint in FRAGMENT_ENDPOINTS:
             # The page's script reloads the page, which shows the message above.
             return Response("Signed out: sign in again.\n", 401, mimetype="text/plain")
-        return redirect(url_for("console.sign_in", next=_here()))
+        return redirect(url_for("console.sign_in", next=_here() if _is_page(request.path) else None))
     g.operator = operator
     return None
 
@@ -169,10 +172,22 @@ def _safe_next(target: str | None) -> str:
         and not target.startswith("//")
         and "\\" not in target
         and not _NOT_IN_NEXT.search(target)
+        and _is_page(target)
     ):
         # Any other character outside ASCII is percent-encoded for the Location header.
         return iri_to_uri(target)
     return prefix
+
+
+def _is_page(target: str) -> bool:
+    """Whether a path (with its query) is a console page to land on: not the sign-in form, a
+    page's live part, or a path no page has (``/console/login``)."""
+    path = urlsplit(target).path.removeprefix(request.script_root)
+    try:
+        endpoint, _ = current_app.url_map.bind_to_environ(request.environ).match(path, method="GET")
+    except HTTPException:
+        return False
+    return endpoint.startswith("console.") and endpoint not in NOT_LANDING_PAGES
 
 
 @bp.get("/sign-in")
