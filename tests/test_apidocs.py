@@ -23,6 +23,7 @@ def test_the_docs_page_loads_swagger_ui_from_this_server_only(client):
     assert "/api/docs/swagger-ui-bundle.js" in urls
     assert "/api/docs/swagger-ui.css" in urls
     assert "/static/apidocs.js" in urls
+    assert "/static/apidocs.css" in urls
     assert "/api/openapi.json" in urls
     assert not [url for url in urls if re.match(r"[a-z]+:", url) and url != "data:,"]
     policy = page.headers["Content-Security-Policy"]
@@ -30,6 +31,16 @@ def test_the_docs_page_loads_swagger_ui_from_this_server_only(client):
     # The script turns off Swagger UI's default call to a public validator.
     with client.get("/static/apidocs.js") as script:
         assert "validatorUrl: null" in script.text
+
+
+def test_the_docs_page_has_the_consoles_bar_styled(client):
+    page = client.get("/api/docs")
+    bar = re.search(r'<header class="top">(.*?)</header>', page.text, re.DOTALL).group(1)
+    assert re.findall(r'<a[^>]* href="([^"]+)"', bar) == ["/console/", "/console/", "/api/openapi.json"]
+    with client.get("/static/apidocs.css") as style:
+        assert style.status_code == 200 and style.mimetype == "text/css"
+        rules = dict(re.findall(r"^([^{}\n/][^{}]*?)\s*\{([^}]*)\}", style.text, re.MULTILINE))
+    assert "background" in rules["header.top"] and "color: #fff" in rules["header.top a"]
 
 
 def test_swagger_ui_files_come_from_the_installed_package(client):

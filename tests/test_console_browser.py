@@ -354,6 +354,13 @@ def test_api_docs_render_the_operations(browser, live_server):
     assert ("POST", "/api/jobs/{job_id}/status") in paths
     assert ("GET", "/api/jobs/{job_id}") in paths
     assert not any(path.startswith("/console") for _, path in paths)
+    # The bar above it is the console's: white links on its dark ground.
+    links = browser.find_elements(By.CSS_SELECTOR, "header.top a")
+    assert [link.text for link in links] == ["jobapi console", "Jobs", "openapi.json"]
+    assert {link.value_of_css_property("color") for link in links} == {"rgba(255, 255, 255, 1)"}
+    bar = browser.find_element(By.CSS_SELECTOR, "header.top")
+    assert bar.value_of_css_property("background-color") == "rgba(16, 42, 67, 1)"
+    browser.save_screenshot(str(SCREENSHOTS / "api-docs.png"))
 
 
 def test_nothing_was_loaded_from_beyond_loopback(browser, live_server):
