@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest import LiveServer, start_gunicorn, stop_gunicorn
+from conftest import ROOT, LiveServer, start_gunicorn, stop_gunicorn
 from flask import g
 from sqlalchemy import event
 
@@ -23,6 +23,7 @@ from jobapi.logs import FIELDS_ATTRIBUTE, JSONFormatter, TextFormatter, logging_
 from jobapi.models import Job
 
 REQUEST_LOGGER = "jobapi.request"
+README = ROOT / "README.rst"
 TEXT_PREFIX = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] \[(?:INFO|WARNING|ERROR|CRITICAL|DEBUG)\] "
 
 
@@ -228,6 +229,11 @@ def test_gunicorn_json_log(json_server, job):
     [missing] = [d for d in documents if d.get("request_id") == "json-log-2"]
     assert (missing["route"], missing["status"], missing["job_id"]) == (None, 404, None)
     assert not [d for d in documents if d["logger"] == "gunicorn.access"]
+    # The README's example line has every key of a real one, in its order ("path" null
+    # when a route matched).
+    example = json.loads(re.search(r'^    (\{"time": .*"logger": "jobapi.request".*\})$', README.read_text(), re.MULTILINE).group(1))
+    assert list(example) == list(read) and read["path"] is None and example["path"] is None
+    assert missing["path"] == "/nowhere"
 
 
 
