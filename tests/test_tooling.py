@@ -4,6 +4,7 @@ ends with for the tools it missed, and its check that a run leaves the checkout 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,3 +142,18 @@ def test_a_run_that_changes_the_checkout_says_so_and_fails_under_ci(suite):
     (suite / "tests" / "test_writes.py").write_text("def test_writes_nothing():\n    pass\n")
     clean = run_suite(suite, ci=True)
     assert clean.returncode == 0 and "changed the checkout" not in clean.stdout
+
+
+def test_the_quick_start_installs_what_ci_installs():
+    """Every Debian package .ci/run installs for the tests is in the Quick start's one line."""
+    readme = (ROOT / "README.rst").read_text()
+    quick_start = readme[readme.index("Quick start\n-----------"):readme.index("Your first job\n")]
+    [line] = re.findall(r"``apt-get install -y ([^`]+)``", quick_start)
+    listed = set(line.split())
+    installed = set()
+    for command in re.findall(r"apt-get install ([^\n;&|]+)", (ROOT / ".ci" / "run").read_text()):
+        installed |= {word for word in command.split() if not word.startswith("-")}
+    assert installed and installed <= listed, installed - listed
+    # And Quick start is still two commands.
+    block = quick_start[quick_start.index("::\n\n") + 4:].split("\n\n")[0]
+    assert [line.split()[:2] for line in block.splitlines()] == [["make", "serve"], ["make", "test"]]
