@@ -20,7 +20,7 @@ class BuildPyWithMigrations(build_py):
 
     def run(self) -> None:
         super().run()
-        if self.editable_mode:
+        if getattr(self, "editable_mode", False):
             return
         for source in sorted(Path(MIGRATIONS).rglob("*")):
             if source.is_file() and "__pycache__" not in source.parts:
