@@ -58,8 +58,14 @@ def suite(tmp_path) -> Path:
     return tmp_path
 
 
-def run_suite(folder: Path, ci: bool = False, record: Path | None = None) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key not in ("CI", "MISSING_TOOLS_FILE")}
+def run_suite(
+    folder: Path, ci: bool = False, record: Path | None = None, screenshots: str | None = None
+) -> subprocess.CompletedProcess:
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("CI", "MISSING_TOOLS_FILE", "SCREENSHOTS_DIR")
+    }
+    if screenshots is not None:
+        env["SCREENSHOTS_DIR"] = screenshots
     env.pop("TEST_DATABASE_URL", None)
     if ci:
         env["CI"] = "true"
@@ -139,6 +145,13 @@ def test_a_run_that_changes_the_checkout_says_so_and_fails_under_ci(suite):
     (suite / "left-behind.txt").unlink()
     assert run_suite(suite, ci=True).returncode == 1
     (suite / "left-behind.txt").unlink()
+    # What make screenshots asks for, in the folder it names, is no surprise.
+    (suite / "tests" / "test_writes.py").write_text(
+        "from conftest import ROOT\n\ndef test_saves():\n"
+        "    (ROOT / 'docs' / 'shots').mkdir(parents=True)\n    (ROOT / 'docs' / 'shots' / 'a.png').write_bytes(b'x')\n"
+    )
+    asked = run_suite(suite, ci=True, screenshots="docs/shots")
+    assert asked.returncode == 0 and "changed the checkout" not in asked.stdout
     (suite / "tests" / "test_writes.py").write_text("def test_writes_nothing():\n    pass\n")
     clean = run_suite(suite, ci=True)
     assert clean.returncode == 0 and "changed the checkout" not in clean.stdout
