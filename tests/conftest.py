@@ -149,6 +149,19 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def build_package(into: Path) -> Path:
+    """jobapi's files as a wheel or an install lays them out (setuptools' own build of the
+    package, into ``into``/lib); that folder."""
+    pytest.importorskip("setuptools", reason="setuptools is not installed: the package is not built")
+    built = subprocess.run(
+        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(into),
+         "build_py", "--build-lib", str(into / "lib")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    return into / "lib"
+
+
 def _recreate_postgresql_database(url: str) -> None:
     target = make_url(url)
     admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")

@@ -5,15 +5,11 @@ document. The package ships its templates and static files."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from conftest import ROOT, build_package
 
 from jobapi import openapi
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_docs_page_loads_swagger_ui_from_this_server_only(client):
@@ -76,15 +72,7 @@ def test_pages_for_people_are_left_out_of_the_document(app, client):
 
 
 def test_the_package_ships_its_templates_and_static_files(tmp_path):
-    pytest.importorskip("setuptools", reason="setuptools is not installed: package contents not checked")
-    # setuptools' own build of the package's files, as a wheel or an install would make them.
-    built = subprocess.run(
-        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path),
-         "build_py", "--build-lib", str(tmp_path / "lib")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert built.returncode == 0, built.stderr
-    package = tmp_path / "lib" / "jobapi"
+    package = build_package(tmp_path) / "jobapi"
     source = ROOT / "src" / "jobapi"
     for folder in ("templates", "static"):
         expected = sorted(str(p.relative_to(source)) for p in (source / folder).rglob("*") if p.is_file())

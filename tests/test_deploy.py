@@ -27,6 +27,7 @@ from conftest import (
     ROOT,
     _drop_postgresql_database,
     _recreate_postgresql_database,
+    build_package,
     free_port,
     require_program,
     skip_without,
@@ -200,18 +201,6 @@ def test_the_recipe_installs_what_the_units_run():
     assert "--no-create-home" in adduser and adduser[adduser.index("--home") + 1] != SERVER_CHECKOUT
     # The settings sign the console's sessions.
     assert "SECRET_KEY=" in recipe_line("printf", "jobapi.env")
-
-
-def build_package(into: Path) -> Path:
-    """jobapi's files as a regular install lays them out (setuptools' build of the package); the folder."""
-    pytest.importorskip("setuptools", reason="setuptools is not installed: the package is not built")
-    built = subprocess.run(
-        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(into),
-         "build_py", "--build-lib", str(into / "lib")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert built.returncode == 0, built.stderr
-    return into / "lib"
 
 
 def test_a_regular_install_ships_its_migrations_and_applies_them(tmp_path):
