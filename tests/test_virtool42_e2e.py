@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import LiveServer, start_gunicorn, stop_gunicorn
+from conftest import LiveServer, require_program, start_gunicorn, stop_gunicorn
 from sqlalchemy import select
 
 from jobapi.extensions import db
@@ -48,12 +47,7 @@ STEPS = [
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    found = shutil.which("node")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("node is not installed: .ci/run installs it")
-        pytest.skip("node is not installed: the Virtool 42.x pod tests need Node.js (apt-get install nodejs)")
-    return found
+    return require_program("node", "Virtool 42.x's worker runtime in its pods", "nodejs")
 
 
 @pytest.fixture(scope="module")
