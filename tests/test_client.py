@@ -222,26 +222,31 @@ def test_a_url_past_the_api_is_a_wrong_url(live_server, job, suffix):
     assert raised.value.status == 404
 
 
-def test_a_web_page_is_a_wrong_url(live_server, job):
-    # Under /console every path is a page for GET (a sign-in form, here), and 405 for POST.
+def test_a_web_page_is_a_wrong_url(live_server, other_site, job):
+    # Under /console, paths are pages: no page here for GET (an HTML 404), 405 for POST.
     console = live_server.url + "/console"
     with JobClient(console, job.id, job.key, retries=0) as client:
         with pytest.raises(WrongURL) as raised:
             client.get()
-        assert str(raised.value).startswith(f"{console} does not serve jobapi's API: GET /api/jobs/{job.id} answered 200 with text/html")
-        assert "not JSON" in str(raised.value)
+        assert f"{console} does not serve jobapi's API: GET /api/jobs/{job.id} answered 404" in str(raised.value)
         with pytest.raises(WrongURL) as raised:
             client.push("running", "align", 10)
         assert f"POST /api/jobs/{job.id}/status answered 405, and GET /api/openapi.json is not" in str(raised.value)
+    # A site that answers every path with its welcome page.
+    with JobClient(other_site, job.id, job.key, retries=0) as client, pytest.raises(WrongURL) as raised:
+        client.get()
+    assert str(raised.value).startswith(f"{other_site} does not serve jobapi's API: GET /api/jobs/{job.id} answered 200 with text/html")
+    assert "not JSON" in str(raised.value)
 
 
 @pytest.fixture
 def other_site() -> Iterator[str]:
-    """A web server that is not jobapi: a page for /, an HTML 404 for anything else."""
+    """A web server that is not jobapi: its welcome page for any path, but an HTML 404 under /missing."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            status, body = (200, b"<html>Welcome</html>") if self.path == "/" else (404, b"<html>Not here</html>")
+            missing = self.path.startswith("/missing/")
+            status, body = (404, b"<html>Not here</html>") if missing else (200, b"<html>Welcome</html>")
             self.send_response(status)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
@@ -263,7 +268,7 @@ def other_site() -> Iterator[str]:
 
 
 def test_another_sites_404_is_a_wrong_url(other_site, job):
-    with JobClient(other_site, job.id, job.key, retries=0) as client, pytest.raises(WrongURL) as raised:
+    with JobClient(other_site + "/missing", job.id, job.key, retries=0) as client, pytest.raises(WrongURL) as raised:
         client.get()
     assert "answered 404, and GET /api/openapi.json is not jobapi's API document" in str(raised.value)
 

@@ -514,7 +514,7 @@ def test_a_worker_that_stops_pinging_is_timed_out_and_reads_failed(app, client, 
         db.session.execute(JobStatus.__table__.update().values(timestamp=long_ago))
         db.session.commit()
     reaped = runner.invoke(args=["jobs", "reap", "--timeout", "60"])
-    assert reaped.exit_code == 0 and "1 job(s) reaped" in reaped.stdout
+    assert reaped.exit_code == 0 and "1 job reaped" in reaped.stdout
     assert stored_job(job_id).state == "timeout"
     got = client.put(f"/virtool42/jobs/{answer['id']}/ping", headers=worker_auth(answer["id"], answer["key"]))
     assert got.status_code == 401 and got.get_json() == {"message": "Job has failed."}

@@ -246,7 +246,7 @@ def test_a_killed_pods_job_is_timed_out_by_the_reaper_and_reads_failed(app, data
 
     time.sleep(2.5)
     reaped = jobapi(database_url, "jobs", "reap", "--timeout", "2")
-    assert "1 job(s) reaped" in reaped.stdout
+    assert "1 job reaped" in reaped.stdout
 
     auth = (f"job-{claimed['id']}", claimed["key"])
     refused = requests.put(f"{server.url}/virtool42/jobs/{claimed['id']}/ping", auth=auth, timeout=TIMEOUT)
