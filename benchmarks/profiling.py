@@ -116,7 +116,7 @@ def _frame_category(function: str, file: str, stack_loads: bool) -> str | None:
         return "psycopg/network"
     if "/sqlalchemy/" in path or "/flask_sqlalchemy/" in path:
         return "SQLAlchemy"
-    if path.endswith(("/jobapi/models.py", "/jobapi/storage.py", "/jobapi/transaction.py")):
+    if path.endswith(("/jobapi/models.py", "/jobapi/transaction.py")) or "/jobapi/storage/" in path:
         return "SQLAlchemy"  # the app's own layer over it: column types, sessions, commits
     if "/marshmallow/" in path:
         return "validation" if stack_loads else "serialization"
@@ -128,11 +128,14 @@ def _frame_category(function: str, file: str, stack_loads: bool) -> str | None:
         return "logging"  # request ids exist for the logs
     if _STDLIB_JSON.search(path):
         return "json"
-    if path.endswith(("/jobapi/auth.py", "/jobapi/keys.py", "/jobapi/tokens.py", "/werkzeug/datastructures/auth.py")):
+    if path.endswith(("/jobapi/auth.py", "/jobapi/admission.py", "/jobapi/keys.py", "/jobapi/tokens.py",
+                      "/werkzeug/datastructures/auth.py")):
         return "auth"
     if path.endswith("/jobapi/payload.py"):
         return "validation"
-    if path.endswith("/jobapi/schemas.py"):
+    if path.endswith("/jobapi/jobs/documents.py"):
+        return "serialization"
+    if path.endswith(("/jobapi/jobs/schemas.py", "/jobapi/fields.py", "/jobapi/jobs/rules.py")):
         return "serialization" if function in _JOBAPI_SERIALIZERS else "validation"
     if path.endswith("/yardstick_app.py"):
         return _YARDSTICK.get(function, "other")

@@ -7,8 +7,7 @@ from alembic import context
 from flask import current_app
 
 from jobapi.deadline import without_response_deadline
-from jobapi.pooler import direct_engine
-from jobapi.storage import as_writer
+from jobapi.storage.engines import as_writer, direct_engine
 
 config = context.config
 if config.config_file_name and not logging.getLogger().handlers:

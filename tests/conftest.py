@@ -29,9 +29,10 @@ from sqlalchemy.engine import make_url
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.config import normalize_database_url
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service
 from jobapi.models import Job, JobStatus
-from jobapi.storage import begin_on_driver, end_on_driver, held_connection
+from jobapi.storage.connections import begin_on_driver, end_on_driver, held_connection
 from jobapi.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +294,7 @@ def push_through_service(app, job_id: str, state: str, stage: str | None, progre
         connection = held_connection(db.engine)
         begin_on_driver(connection)
         try:
-            locked = service.lock_own_job(connection, job_id)
+            locked = service.lock_job(connection, job_id)
             service.push_status(connection, locked, service.PushFields(fields))
         finally:
             end_on_driver(connection, commit=True)
@@ -333,7 +334,7 @@ def make_job(app) -> Callable[..., JobCredentials]:
         fields.setdefault("task", "create_subtraction")
         fields.setdefault("user", "igboyes")
         with app.app_context():
-            new = service.create_job(db.session, **fields)
+            new = service.create_job(write_connection(db.session), **fields)
             db.session.commit()
             return JobCredentials(id=new.job.id, key=new.key)
 

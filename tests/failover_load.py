@@ -15,6 +15,7 @@ from private_postgresql import Clusters, PrivateCluster, wait_until_synchronous
 
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service
 
 # SPEC 8: every request answers within this.
@@ -50,7 +51,7 @@ def make_pair(clusters: Clusters) -> Pair:
         upgrade(directory=str(MIGRATIONS_DIRECTORY))
         jobs = []
         for _ in range(WORKERS):
-            new = service.create_job(db.session, task="failover", user="ops")
+            new = service.create_job(write_connection(db.session), task="failover", user="ops")
             jobs.append((new.job.id, new.key))
         db.session.commit()
         db.engine.dispose()

@@ -131,7 +131,7 @@ def frames(*names: str) -> list[str]:
             "dumps@/usr/lib/python3.11/json/__init__.py", "encode@/usr/lib/python3.11/json/encoder.py"),
      "serialization"),
     (frames(f"wsgi_app@{PACKAGES}/flask/app.py", "get_job@/srv/src/jobapi/jobs/views.py",
-            "job_document@/srv/src/jobapi/schemas.py"), "serialization"),
+            "job_document@/srv/src/jobapi/jobs/documents.py"), "serialization"),
     (frames(f"wsgi_app@{PACKAGES}/flask/app.py", "_observe_request@/srv/src/jobapi/observability.py",
             "info@/usr/lib/python3.11/logging/__init__.py"), "logging"),
     (frames(f"wsgi_app@{PACKAGES}/flask/app.py", "_observe_request@/srv/src/jobapi/observability.py",

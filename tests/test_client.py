@@ -34,6 +34,7 @@ from jobapi.client import (
     WrongURL,
 )
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service
 from jobapi.models import Job, utcnow
 
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.e2e
 def cancel(app, job_id: str) -> None:
     """Cancel a job as an operator would (``flask jobs cancel``)."""
     with app.app_context():
-        service.cancel_job(db.session, job_id)
+        service.cancel_job(write_connection(db.session), job_id)
         db.session.commit()
 
 

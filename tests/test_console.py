@@ -19,6 +19,7 @@ from jobapi import tokens
 from jobapi.console import actions
 from jobapi.console.timeline import entries, format_duration, segments
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service as jobs_service
 from jobapi.models import STATES, ApiToken, Job
 
@@ -403,7 +404,7 @@ def test_keyset_pages_older_and_newer_without_offset(app, console, make_job, mon
 def test_the_job_page_shows_the_document_timeline_heartbeat_and_claim(app, console, make_job):
     job = make_job(task="align", user="alice", args={"genome": "hg38", "n": 1}, proc=4, mem=16)
     with app.app_context():
-        claimed = jobs_service.claim_job(db.session, runner="runner-7", tasks=["align"], proc=8, mem=64)
+        claimed = jobs_service.claim_job(write_connection(db.session), runner="runner-7", tasks=["align"], proc=8, mem=64)
         db.session.commit()
     assert claimed.job.id == job.id
     worker = SimpleNamespace(id=job.id, auth={"Authorization": _basic(job.id, claimed.key)})

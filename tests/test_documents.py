@@ -5,12 +5,8 @@ from __future__ import annotations
 from jobapi.extensions import db
 from jobapi.jobs import service
 from jobapi.models import Job
-from jobapi.schemas import (
-    job_document,
-    job_out_schema,
-    status_document,
-    status_out_schema,
-)
+from jobapi.jobs.documents import job_document, status_document
+from jobapi.jobs.schemas import job_out_schema, status_out_schema
 
 
 def test_job_document_matches_schema(app, client, make_job):
@@ -24,8 +20,8 @@ def test_job_document_matches_schema(app, client, make_job):
     with app.app_context():
         stored = db.session.get(Job, job.id)
         expected = job_out_schema.dump(stored)
-        rows = service.status_history(db.session, job.id)
-        assert job_document(stored, rows) == expected
+        found = service.read_job(db.session.connection(), job.id)
+        assert job_document(found.job, found.history) == expected
         assert [status_document(r) for r in stored.statuses] == [status_out_schema.dump(r) for r in stored.statuses]
         assert len(expected["status"]) == 4
     served = client.get(f"/api/jobs/{job.id}", headers=job.auth).json

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
-from conftest import start_gunicorn, stop_gunicorn
+from conftest import basic_auth, start_gunicorn, stop_gunicorn
 from private_postgresql import children, clusters, private_cluster  # noqa: F401 - fixtures
 from flask_migrate import upgrade
 from sqlalchemy import event
@@ -27,9 +27,10 @@ from sqlalchemy.engine import make_url
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.deadline import QUIET_SECONDS
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service
 from jobapi.models import Job, JobStatus
-from jobapi.schemas import format_timestamp
+from jobapi.fields import format_timestamp
 
 TIMEOUT = 15
 
@@ -112,7 +113,7 @@ def test_postgresql_stopped_and_started_under_load(private_cluster, tmp_path):
     app = create_app({"SQLALCHEMY_DATABASE_URI": cluster.url})
     with app.app_context():
         upgrade(directory=str(MIGRATIONS_DIRECTORY))
-        new = service.create_job(db.session, task="fault", user="ops")
+        new = service.create_job(write_connection(db.session), task="fault", user="ops")
         db.session.commit()
         job_id, key = new.job.id, new.key
 
@@ -235,7 +236,7 @@ def _migrated_app(url: str, **config) -> tuple:
     app = create_app({"SQLALCHEMY_DATABASE_URI": url, **config})
     with app.app_context():
         upgrade(directory=str(MIGRATIONS_DIRECTORY))
-        new = service.create_job(db.session, task="fault", user="ops")
+        new = service.create_job(write_connection(db.session), task="fault", user="ops")
         db.session.commit()
         return app, new.job.id, new.key
 
@@ -361,7 +362,7 @@ def test_commit_without_answer_is_503_and_its_retry_stores_one_record(private_cl
     cluster.create_database()
     app, job_id, key = _migrated_app(cluster.url, DB_RESPONSE_TIMEOUT=2)
     client = app.test_client()
-    auth = {"Authorization": requests.auth._basic_auth_str(f"job-{job_id}", key)}
+    auth = basic_auth(f"job-{job_id}", key)
     push = dict(json={"state": "running", "stage": "s", "progress": 5}, headers={**auth, "Idempotency-Key": "k"})
     with app.app_context():
         engine = db.engine

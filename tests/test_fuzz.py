@@ -30,6 +30,7 @@ from sqlalchemy import delete
 
 from jobapi import create_app, openapi
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import pages, service
 from jobapi.models import ApiToken
 from jobapi.tokens import create_token
@@ -84,7 +85,7 @@ class Credentials:
         """A new job, in this state or the next of the cycle; its id and key."""
         state = state or next(STATES)
         with self.app.app_context():
-            new = service.create_job(db.session, task=FUZZ_TASK, user="fuzzer", args={"n": 1})
+            new = service.create_job(write_connection(db.session), task=FUZZ_TASK, user="fuzzer", args={"n": 1})
             db.session.commit()
             for pushed, error in PUSH_TO.get(state, []):
                 push_through_service(self.app, new.job.id, pushed, "fuzz", 50, error)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from conftest import push_body
 
-from jobapi.schemas import format_timestamp
+from jobapi.fields import format_timestamp
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 RECORD_KEYS = {"state", "stage", "error", "progress", "timestamp"}

@@ -11,6 +11,7 @@ import requests
 from conftest import start_gunicorn, stop_gunicorn
 
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service
 from jobapi.models import FINAL_STATES
 
@@ -109,7 +110,7 @@ def test_cancelled_worker_told_over_http(app, live_server, job):
     url = f"{live_server.url}/api/jobs/{job.id}"
     http.post(url + "/status", json={"state": "running", "stage": "align", "progress": 20}, auth=job.requests_auth, timeout=TIMEOUT)
     with app.app_context():
-        service.cancel_job(db.session, job.id)
+        service.cancel_job(write_connection(db.session), job.id)
         db.session.commit()
     read = http.get(url, auth=job.requests_auth, timeout=TIMEOUT)
     assert read.status_code == 200

@@ -19,8 +19,9 @@ from sqlalchemy import event
 from jobapi import observability
 from jobapi.config import from_environment
 from jobapi.extensions import db
+from jobapi.jobs import service
+from jobapi.storage.engines import write_connection
 from jobapi.logs import FIELDS_ATTRIBUTE, JSONFormatter, TextFormatter, logging_config
-from jobapi.models import Job
 
 REQUEST_LOGGER = "jobapi.request"
 README = ROOT / "README.rst"
@@ -238,15 +239,15 @@ def test_gunicorn_json_log(json_server, job):
 
 
 def test_job_id_is_read_without_a_query_after_a_rollback(app, job):
-    # A request whose database failed is rolled back (503), which expires
-    # g.job; its log line must not go back to the database for the job's id.
+    # A request whose database failed is rolled back (503); its log line must
+    # not go back to the database for the job's id.
     statements: list[str] = []
 
     def record(connection, cursor, statement, *args) -> None:
         statements.append(statement)
 
     with app.test_request_context(f"/api/jobs/{job.id}"):
-        g.job = db.session.get(Job, job.id)
+        g.job = service.lock_job(write_connection(db.session), job.id).job
         db.session.rollback()
         event.listen(db.engine, "before_cursor_execute", record)
         try:

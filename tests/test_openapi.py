@@ -15,7 +15,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from jobapi import create_app, openapi
 from jobapi.extensions import db
-from jobapi.schemas import claim_schema, job_create_schema, status_in_schema
+from jobapi.jobs.schemas import claim_schema, job_create_schema, status_in_schema
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 

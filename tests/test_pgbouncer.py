@@ -37,8 +37,9 @@ from private_postgresql import (  # noqa: F401 - fixtures
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.config import DEFAULTS, from_environment
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service
-from jobapi.storage import held_connection
+from jobapi.storage.connections import held_connection
 from jobapi.tokens import create_token
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +68,7 @@ class Deployment:
         """A job made through the service (directly on the database): (id, key)."""
         app = create_app({"SQLALCHEMY_DATABASE_URI": self.cluster.url})
         with app.app_context():
-            new = service.create_job(db.session, task=fields.pop("task", "align"), user="ops", **fields)
+            new = service.create_job(write_connection(db.session), task=fields.pop("task", "align"), user="ops", **fields)
             db.session.commit()
             db.engine.dispose()
         return new.job.id, new.key

@@ -18,7 +18,7 @@ from conftest import basic_auth, push
 from sqlalchemy import event
 
 from jobapi.extensions import db
-from jobapi.storage import held_connection
+from jobapi.storage.connections import held_connection
 
 # Transaction control is not a statement of the request's own.
 CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA")
@@ -133,7 +133,7 @@ V42_CLAIM = {
 
 
 def test_an_empty_42x_claim_costs_one_read_and_begins_no_write(app, client, count_statements, monkeypatch, make_job):
-    from jobapi.jobs import service
+    from jobapi.virtool42 import views
 
     monkeypatch.setitem(app.config, "JOB_ACQUIRE", "open")
     make_job(task="nuvs")
@@ -141,7 +141,7 @@ def test_an_empty_42x_claim_costs_one_read_and_begins_no_write(app, client, coun
     def no_write(*_args, **_kwargs):
         raise AssertionError("an empty claim began a writing transaction")
 
-    monkeypatch.setattr(service, "begin_write", no_write)
+    monkeypatch.setattr(views, "write_connection", no_write)
     with count_statements() as statements:
         response = client.post("/virtool42/jobs/claim?workflow=create_sample", json=V42_CLAIM)
     assert response.status_code == 404

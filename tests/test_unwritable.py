@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from conftest import (
     _drop_postgresql_database,
     _recreate_postgresql_database,
+    basic_auth,
     skip_without,
     start_gunicorn,
     stop_gunicorn,
@@ -26,6 +27,7 @@ from conftest import (
 from jobapi import MIGRATIONS_DIRECTORY, create_app
 from jobapi.jobs import service
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 
 
 def _cannot_test(reason: str) -> None:
@@ -40,7 +42,7 @@ def _migrated_app(url: str):
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
         upgrade(directory=str(MIGRATIONS_DIRECTORY))
-        new = service.create_job(db.session, task="fault", user="ops")
+        new = service.create_job(write_connection(db.session), task="fault", user="ops")
         db.session.commit()
         job_id, key = new.job.id, new.key
         db.engine.dispose()  # only the server under test holds connections
@@ -146,7 +148,7 @@ def test_sqlite_file_made_read_only_is_503_then_recovers(database_url, tmp_path,
     path = tmp_path / "jobapi.sqlite"
     app, job_id, auth = _migrated_app(f"sqlite:///{path}")
     client = app.test_client()
-    headers = {"Authorization": requests.auth._basic_auth_str(*auth)}
+    headers = basic_auth(*auth)
 
     def push(stage: str):
         return client.post(
@@ -288,7 +290,7 @@ def test_postgresql_made_read_only_is_503_then_recovers_over_http(private_databa
 def test_postgresql_made_read_only_is_503_not_500(private_database):
     app, job_id, auth = _migrated_app(private_database)
     client = app.test_client()
-    headers = {"Authorization": requests.auth._basic_auth_str(*auth)}
+    headers = basic_auth(*auth)
 
     def push(stage: str):
         return client.post(

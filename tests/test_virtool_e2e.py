@@ -17,6 +17,7 @@ from virtool_core.models.job import Job as VirtoolJob
 from virtool_core.models.job import JobAcquired, JobStatus
 
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -113,7 +114,7 @@ def step(state: str, progress: int, stage: str, name: str, description: str, err
 
 def new_job(app, task: str = "create_sample") -> str:
     with app.app_context():
-        new = service.create_job(db.session, task=task, user="igboyes", args={"sample_id": "s1"}, proc=2, mem=4)
+        new = service.create_job(write_connection(db.session), task=task, user="igboyes", args={"sample_id": "s1"}, proc=2, mem=4)
         db.session.commit()
         return new.job.id
 

@@ -10,6 +10,7 @@ from conftest import push_through_service
 
 from jobapi import terminal
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service
 from jobapi.terminal import progress_bar, progress_cell
 
@@ -92,7 +93,7 @@ def test_watch_a_job_cancelled_while_watched(app, runner, job):
     def cancel() -> None:
         time.sleep(0.3)
         with app.app_context():
-            service.cancel_job(db.session, job.id)
+            service.cancel_job(write_connection(db.session), job.id)
             db.session.commit()
 
     thread = threading.Thread(target=cancel)
@@ -119,7 +120,7 @@ def test_watch_a_job_removed_while_watched(app, runner, job):
     def remove() -> None:
         time.sleep(0.3)
         with app.app_context():
-            service.remove_job(db.session, job.id, force=True)
+            service.remove_job(write_connection(db.session), job.id, force=True)
             db.session.commit()
 
     thread = threading.Thread(target=remove)

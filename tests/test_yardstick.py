@@ -30,9 +30,10 @@ from sqlalchemy import select, update
 from conftest import ROOT, free_port
 from jobapi.exceptions import FINISHED_MESSAGES
 from jobapi.extensions import db
+from jobapi.storage.engines import write_connection
 from jobapi.jobs import service, states
 from jobapi.models import Job, JobStatus, utcnow
-from jobapi.schemas import status_in_schema
+from jobapi.jobs.schemas import status_in_schema
 
 TIMEOUT = 30
 
@@ -431,7 +432,7 @@ def test_replaced_key_and_history_cap_alike(live_server, yardstick, make_job, ap
     body = {"state": "running", "stage": "x", "progress": 1}
     job = make_job()
     with app.app_context():
-        service.rotate_key(db.session, job.id)
+        service.rotate_key(write_connection(db.session), job.id)
         db.session.commit()
     expected = _get(live_server.url, job.id, job.requests_auth)
     assert expected.json()["message"] == "Key was replaced"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,10 @@ from .config import DEFAULTS, from_environment, normalize_database_url
 from .extensions import db, migrate
 from .json_provider import FastJSONProvider
 from .sessions import init_sessions
-from .storage import configure_engine, engine_options
+from .storage.engines import configure_engine, engine_options
+from .version import __version__
 
-try:
-    __version__ = version("jobapi")
-except PackageNotFoundError:  # pragma: no cover - imported from a checkout that was never installed
-    __version__ = "0.0.0"
+__all__ = ["create_app", "__version__", "MIGRATIONS_DIRECTORY"]
 
 
 def _migrations_directory() -> Path:
@@ -87,22 +84,27 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         configure_engine(db.engine, app.config)
 
+    # The app's parts are imported here, as Flask's factories do: importing
+    # jobapi (for jobapi.client, say) does not import the whole app. No module
+    # imports this one (tests/test_imports.py).
     from .errors import register_error_handlers
-
-    register_error_handlers(app)
-
+    from .jobs.openapi import document_jobs
     from .jobs.views import bp as jobs_bp
     from .observability import init_observability
     from .openapi import freeze_document, init_openapi
     from .probes import init_probes
 
     # The API's blueprints are registered through flask-smorest's Api, which
-    # documents each route as it comes (jobapi.openapi).
+    # documents each route as it comes (jobapi.openapi); each subject adds its
+    # own components first.
     api = init_openapi(app)
+    document_jobs(api)
     api.register_blueprint(jobs_bp, url_prefix="/api")
     init_observability(app, api)
     init_probes(app, api)
     freeze_document(app, api)
+    # After the Api's own: errors.py answers every error, on every route, with the one envelope.
+    register_error_handlers(app)
 
     # Pages for people, not part of the API (nor of its document): the
     # operator console and the API's docs.

@@ -15,11 +15,12 @@ from typing import Any
 
 import click
 from flask import current_app
-from flask.cli import FlaskGroup, routes_command, run_command, with_appcontext
+from flask.cli import FlaskGroup, ScriptInfo, routes_command, run_command, with_appcontext
 from marshmallow import ValidationError
 from sqlalchemy import exc as sa_exc
 
-from . import __version__, tokens
+from . import tokens
+from .version import __version__
 from .exceptions import DomainError, JobNotFound
 from .extensions import db
 from .jobs import pages, service
@@ -27,12 +28,10 @@ from .jobs.reaper import JobLocked, reap_job, silent_jobs
 from .jobs.states import STATES
 from .models import ROLES
 from .payload import TooDeep, loads_strict
-from .schemas import (
-    format_timestamp,
-    job_create_schema,
-    job_document,
-    job_summary_schema,
-)
+from .storage.engines import write_connection
+from .fields import format_timestamp
+from .jobs.documents import job_document
+from .jobs.schemas import job_create_schema, job_summary_schema
 from .terminal import progress_cell, watch_job
 
 
@@ -119,7 +118,7 @@ def create_command(task: str, user: str, args_json: str, proc: int, mem: int) ->
     data = job_create_schema.load(
         {"task": task, "user": user, "args": args, "proc": proc, "mem": mem}
     )
-    new = service.create_job(db.session, **data)
+    new = service.create_job(write_connection(db.session), **data)
     db.session.commit()
     _print_json({**job_document(new.job, service.document_history(db.session.connection(), new.job.id)), "key": new.key})
 
@@ -160,8 +159,10 @@ def list_command(state: str | None, task: str | None, user: str | None, limit: i
 @with_appcontext
 def show_command(job_id: str, pretty: bool) -> None:
     """Print a job's document as JSON."""
-    job = service.require_job(db.session, job_id)
-    _print_json(job_document(job, service.document_history(db.session.connection(), job.id)), pretty=pretty)
+    found = service.read_job(db.session.connection(), job_id)
+    if found is None:
+        raise JobNotFound(job_id)
+    _print_json(job_document(found.job, found.history), pretty=pretty)
 
 
 @jobs_cli.command("cancel")
@@ -169,7 +170,7 @@ def show_command(job_id: str, pretty: bool) -> None:
 @with_appcontext
 def cancel_command(job_id: str) -> None:
     """Cancel a job that is not finished, keeping its last stage and progress."""
-    outcome = service.cancel_job(db.session, job_id)
+    outcome = service.cancel_job(write_connection(db.session), job_id)
     db.session.commit()
     record = outcome.record
     where = f"at stage {record.stage or '-'}, {record.progress}%"
@@ -184,7 +185,7 @@ def cancel_command(job_id: str) -> None:
 @with_appcontext
 def rotate_key_command(job_id: str) -> None:
     """Give a job that is not finished a new key and print it as JSON; the old key stops working."""
-    key = service.rotate_key(db.session, job_id)
+    key = service.rotate_key(write_connection(db.session), job_id)
     db.session.commit()
     _print_json({"id": job_id, "key": key})
 
@@ -254,7 +255,7 @@ WATCH_ENDINGS = {
 @with_appcontext
 def remove_command(job_id: str, force: bool) -> None:
     """Delete a job and all its status records."""
-    service.remove_job(db.session, job_id, force=force)
+    service.remove_job(write_connection(db.session), job_id, force=force)
     db.session.commit()
     click.echo(f"Removed job {job_id}")
 
@@ -386,15 +387,13 @@ def shell_command() -> None:
 
 
 def main() -> None:
-    """The ``jobapi`` command: ``flask --app jobapi`` under a name of its own."""
-    from . import create_app
-
+    """The ``jobapi`` command: ``flask --app jobapi`` under a name of its own (Flask finds the
+    app as ``--app jobapi`` does: ``jobapi.create_app``)."""
     JobapiGroup(
         name="jobapi",
-        create_app=lambda: create_app(),
         help=(
             "jobapi's command line: make and manage jobs and tokens, apply the database's "
             "migrations, open a shell. Settings come from the environment, as for the "
             "server (DATABASE_URL; README: Configuration)."
         ),
-    ).main(prog_name="jobapi")
+    ).main(prog_name="jobapi", obj=ScriptInfo(app_import_path="jobapi"))

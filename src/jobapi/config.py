@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .client_address import DEFAULT_TRUSTED_PROXIES, proxy_networks
-from .pooler import pooler_mode
+from .storage.pooler import pooler_mode
 
 DEFAULTS: dict[str, Any] = {
     # Unset: an embedded SQLite file in the instance folder (see create_app).
@@ -15,11 +15,11 @@ DEFAULTS: dict[str, Any] = {
     "SQLALCHEMY_TRACK_MODIFICATIONS": False,
     "SQLALCHEMY_ENGINE_OPTIONS": {},
     # What needs a PostgreSQL session of its own (migrations) connects here;
-    # unset: DATABASE_URL. See pooler.py.
+    # unset: DATABASE_URL. See storage/pooler.py.
     "DATABASE_DIRECT_URL": None,
     # Whether DATABASE_URL reaches PostgreSQL through a pooler in transaction
     # mode (PgBouncer): "auto" (asked of each new connection), "none" or
-    # "transaction". See pooler.py.
+    # "transaction". See storage/pooler.py.
     "DB_POOLER": "auto",
     # Request bodies over this size are refused with 413 before they are read.
     "MAX_CONTENT_LENGTH": 64 * 1024,
@@ -29,11 +29,11 @@ DEFAULTS: dict[str, Any] = {
     # connect timeout, a request on a sick database answers 503 within 5 s.
     "DB_STATEMENT_TIMEOUT_MS": 2500,
     # Seconds jobapi waits for PostgreSQL to answer one statement, commit or
-    # rollback before it gives the connection up (storage.py): a frozen server
+    # rollback before it gives the connection up (storage/engines.py): a frozen server
     # or a black-holed network cannot run the server's own timeout. Longer
     # than the statement timeout, so a server that is merely slow answers first.
     "DB_RESPONSE_TIMEOUT": 5.0,
-    # Test each pooled connection with a round trip before use (see storage.py).
+    # Test each pooled connection with a round trip before use (see storage/engines.py).
     "DB_POOL_PRE_PING": False,
     # Connections kept per process; gunicorn.conf.py sizes it to its threads.
     "DB_POOL_SIZE": 5,

@@ -7,12 +7,15 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError, fields, validate
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import exceptions as domain
 from .extensions import db
+from .jobs.states import STATES
+from .storage.faults import READ_ONLY_SQLSTATE, names_missing_schema
+from .storage.revisions import migrations_behind
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,19 @@ class InvalidInput(APIError):
 
 class UnsupportedMediaType(APIError):
     status, error_id, message = 415, "unsupported_media_type", "Expected application/json"
+
+
+class ErrorMessages(fields.Dict):
+    """Validation messages by field (or header): a list of messages, or nested by key or index."""
+
+
+class ErrorSchema(Schema):
+    """The error envelope of every error (SPEC 3)."""
+
+    id = fields.String(required=True)
+    message = fields.String(required=True)
+    errors = ErrorMessages(keys=fields.String())
+    state = fields.String(validate=validate.OneOf(STATES))
 
 
 def error_response(
@@ -189,9 +205,6 @@ def handle_database_error(error: sa_exc.DBAPIError) -> Response:
     writes (read-only), or lacks the tables and columns of the code's
     migrations ("Database not migrated").
     """
-    from .probes import migrations_behind  # probes imports this module
-    from .storage import READ_ONLY_SQLSTATE, names_missing_schema
-
     if names_missing_schema(error):
         db.session.rollback()
         try:

@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .extensions import db
+from .jobs.rules import PROGRESS, RULES, STAGE
 from .jobs.states import FINAL_STATES, STATES, state_check_constraint
 
 __all__ = [
@@ -70,6 +71,8 @@ class UTCDateTime(TypeDecorator):
 class JobFacts:
     """What follows from a job's current columns, for the mapped job and for a plain row alike."""
 
+    __slots__ = ()
+
     state: str
     claimed_at: datetime | None
     pinged_at: datetime | None
@@ -117,7 +120,7 @@ class Job(JobFacts, db.Model):
     # The job's last status record, kept in step with every push so that
     # listing jobs never reads their history.
     state: Mapped[str] = mapped_column(String(16), default="waiting")
-    stage: Mapped[str | None] = mapped_column(String(256))
+    stage: Mapped[str | None] = mapped_column(String(STAGE.max_length))
     progress: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Number of status records, which is also the last record's ``seq``.
@@ -147,7 +150,7 @@ class Job(JobFacts, db.Model):
         CheckConstraint(_STATE_CHECK, name="state"),
         CheckConstraint("proc >= 1", name="proc"),
         CheckConstraint("mem >= 1", name="mem"),
-        CheckConstraint("progress >= 0 AND progress <= 100", name="progress"),
+        CheckConstraint(PROGRESS.check_constraint(), name="progress"),
         CheckConstraint("number >= 1", name="number"),
         # Newest first, with the id as a tie-breaker for stable pages.
         Index("ix_jobs_created_at_id", "created_at", "id"),
@@ -172,15 +175,16 @@ class JobStatus(db.Model):
     # The primary key (job_id, seq) is the index that reads a job's records in order.
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     state: Mapped[str] = mapped_column(String(16))
-    stage: Mapped[str | None] = mapped_column(String(256))
+    # Null only in a job's first record (waiting); a push always gives one.
+    stage: Mapped[str | None] = mapped_column(String(STAGE.max_length))
     # A string, or an object ({"type", "traceback", "details"} or {"message"}),
     # kept exactly as pushed.
     error: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     progress: Mapped[int] = mapped_column(Integer)
     timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
     # Virtool's step fields, kept only when a push gives them.
-    step_name: Mapped[str | None] = mapped_column(String(256))
-    step_description: Mapped[str | None] = mapped_column(String(1024))
+    step_name: Mapped[str | None] = mapped_column(String(RULES["step_name"].max_length))
+    step_description: Mapped[str | None] = mapped_column(String(RULES["step_description"].max_length))
     # A retried push with the same Idempotency-Key finds the record it made;
     # the digest tells a retry of the same body from a reuse of the key.
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
@@ -188,7 +192,7 @@ class JobStatus(db.Model):
 
     __table_args__ = (
         CheckConstraint(_STATE_CHECK, name="state"),
-        CheckConstraint("progress >= 0 AND progress <= 100", name="progress"),
+        CheckConstraint(PROGRESS.check_constraint(), name="progress"),
         # Two concurrent retries can never both store a record.
         Index("uq_job_status_idempotency_key", "job_id", "idempotency_key", unique=True),
     )

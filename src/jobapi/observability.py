@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import metrics
 from .client_address import ClientAddress, proxy_networks
-from .jobs.service import is_job_id, loaded_id
+from .jobs.ids import is_job_id
 from .logs import FIELDS_ATTRIBUTE, init_app_logging
 from .openapi import Api
 
@@ -36,10 +36,7 @@ def _job_id(context) -> str | None:
     """The job the request is about: the one authenticated, else the path's if it looks like one."""
     job = context.get("job")
     if job is not None:
-        # Without a query: after a rollback (a 503) a mapped job is expired.
-        job_id = loaded_id(job)
-        if job_id is not None:
-            return job_id
+        return job.id
     candidate = (request.view_args or {}).get("job_id")
     # Anything else in that path segment is the client's text, kept out of the logs.
     return candidate if isinstance(candidate, str) and is_job_id(candidate) else None
@@ -75,6 +72,7 @@ def _route(incoming) -> str | None:
 def observe(response: Response, context) -> None:
     """Count the answer in the metrics and write its one log line (``context`` is the
     request's ``g``)."""
+    # The object behind Flask's proxy, looked up once (_get_current_object is its documented way).
     incoming = request._get_current_object()
     started = context.get("request_started")
     seconds = time.perf_counter() - started if started is not None else 0.0

@@ -7,6 +7,7 @@ a ``Body`` until authentication has answered, so the errors keep their order.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from typing import Any
 from flask import current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
 
 from .errors import BadRequest, UnsupportedMediaType
 
@@ -38,7 +40,7 @@ def read_body() -> None:
     However the body is sent (Content-Length or chunked), and whether the
     route reads it or not, nothing over ``MAX_CONTENT_LENGTH`` is taken.
     """
-    incoming = request._get_current_object()
+    incoming = request._get_current_object()  # the proxy's documented way to its object
     environ = incoming.environ
     declared = environ.get("CONTENT_LENGTH")
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
@@ -51,8 +53,11 @@ def read_body() -> None:
         raise RequestEntityTooLarge()
     if length is not None:
         # The server's input ends where the declared length does (PEP 3333
-        # allows no more); werkzeug's stream would wrap it once more.
-        stream = environ["wsgi.input"] if environ.get("wsgi.input_terminated") else incoming.stream
+        # allows no more); werkzeug's LimitedStream stops there for a server
+        # that does not end it, and says so if the client sent less.
+        stream = environ["wsgi.input"]
+        if not environ.get("wsgi.input_terminated"):
+            stream = LimitedStream(stream, length)
         body = stream.read(length) if length else b""
     elif environ.get("wsgi.input_terminated"):
         # Chunked: the server ends the stream; read one byte past the limit to see it.
@@ -60,9 +65,10 @@ def read_body() -> None:
     else:
         body = b""
     g.body_bytes = body
-    # Where werkzeug keeps a body it has read (get_data(cache=True)): its own
-    # readers (get_data, get_json, form parsing) then read it from there.
-    incoming._cached_data = body
+    # The body, read, is the WSGI input from now on: werkzeug's readers
+    # (get_data, get_json, form parsing) read it from there, whole.
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["wsgi.input_terminated"] = True
 
 
 def _read_until(stream, limit: int) -> bytes:

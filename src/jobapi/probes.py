@@ -13,16 +13,16 @@ import logging
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from flask import Flask, current_app
+from marshmallow import Schema, fields, validate
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import inspect, text
-from sqlalchemy.orm import Session
 
-from . import __version__
-from .errors import error_response
+from .errors import ErrorSchema, error_response
 from .extensions import db
-from .openapi import Api, Blueprint, not_ready_response
-from .schemas import HealthSchema, ReadySchema
-from .storage import names_missing_schema, write_problem
+from .openapi import Api, Blueprint, document_schemas
+from .openapi import error_response as documented_error
+from .storage.faults import write_problem
+from .storage.revisions import HEADS_EXTENSION, database_revisions
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,29 @@ bp = Blueprint("probes", __name__)
 
 _PROBES = ["probes"]
 
-# app.extensions key: the revision ids at the head of the app's migrations.
-HEADS_EXTENSION = "jobapi.migration_heads"
+
+class HealthSchema(Schema):
+    """The process is up."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    version = fields.String(required=True, metadata={"description": "The release the process runs."})
+
+
+class ReadySchema(Schema):
+    """The database answers and its migrations are at head."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ready"]))
+    database = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    migrations = fields.String(required=True, validate=validate.OneOf(["head"]))
+
+
+class NotReadySchema(ErrorSchema):
+    """Not ready (503): the error envelope, with what is not ready."""
+
+    database = fields.String(required=True, validate=validate.OneOf(["ok", "unavailable"]))
+    migrations = fields.String(
+        required=True, validate=validate.OneOf(["unknown", "none", "not_at_head"])
+    )
 
 
 def init_probes(app: Flask, api: Api) -> None:
@@ -44,34 +65,8 @@ def init_probes(app: Flask, api: Api) -> None:
         log.warning("no migrations at %s (%s): /readyz will answer 503", directory, error)
         heads = frozenset()
     app.extensions[HEADS_EXTENSION] = heads
+    document_schemas(api, [("Health", HealthSchema), ("Ready", ReadySchema), ("NotReady", NotReadySchema)])
     api.register_blueprint(bp)
-
-
-def database_revisions(session: Session) -> frozenset[str] | None:
-    """The revisions the database is migrated to; None if it never was.
-
-    Raises SQLAlchemy's errors when the database cannot answer.
-    """
-    try:
-        return frozenset(session.scalars(text("SELECT version_num FROM alembic_version")))
-    except sa_exc.DBAPIError as error:
-        if not names_missing_schema(error):
-            raise  # the database cannot answer: no second try to wait on
-        # A missing table and a lost connection can be the same error class
-        # (SQLite says OperationalError for both): ask the catalog which.
-        session.rollback()
-        if not inspect(session.connection()).has_table("alembic_version"):
-            return None
-        raise
-
-
-def migrations_behind(session: Session) -> bool:
-    """True when the database is not migrated to the code's head (or never was).
-
-    Raises SQLAlchemy's errors when the database cannot answer.
-    """
-    current = database_revisions(session)
-    return current is None or current != current_app.extensions[HEADS_EXTENSION]
 
 
 @bp.get("/healthz", tags=_PROBES)
@@ -84,7 +79,8 @@ def healthz():
 
 @bp.get("/readyz", tags=_PROBES)
 @bp.answers(200, ReadySchema, "Ready to serve.")
-@bp.alt_response(**not_ready_response())
+@bp.alt_response(**documented_error(503, schema="NotReady", RetryAfter=True))
+@Blueprint.own_unavailable
 def readyz():
     """Ready to serve: the database answers, its migrations are at head, writes would succeed; else 503."""
     heads = current_app.extensions[HEADS_EXTENSION]

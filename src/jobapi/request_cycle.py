@@ -39,6 +39,7 @@ def init_request_cycle(app: Flask) -> None:
 
 def start_request() -> None:
     """The request's id and clock, then its body."""
+    # The object behind Flask's proxy, looked up once (_get_current_object is its documented way).
     context = g._get_current_object()
     context.request_started = time.perf_counter()
     supplied = request.environ.get("HTTP_X_REQUEST_ID", "")

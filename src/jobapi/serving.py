@@ -207,6 +207,14 @@ class Arrival(NamedTuple):
     length: int | None = None
 
 
+def _expects_continue(req: Request) -> bool:
+    """Whether the client waits for a 100 Continue before its body: an HTTP/1.1 request with
+    ``Expect: 100-continue`` (HTTP/1.0's is ignored, RFC 9110 10.1.1), as gunicorn reads it."""
+    return req.version >= (1, 1) and any(
+        name == "EXPECT" and value.lower() == "100-continue" for name, value in req.headers
+    )
+
+
 def request_arrival(cfg, data: bytes, client, max_body: int) -> Arrival:
     """How much of the first request in ``data`` has arrived, read by gunicorn's own parser.
 
@@ -225,7 +233,7 @@ def request_arrival(cfg, data: bytes, client, max_body: int) -> Arrival:
     head_end = len(data) - len(unreader.buf.getvalue())
     if head_end > MAX_HEAD_BYTES:
         raise LimitRequestHeaders("request head over %d bytes" % MAX_HEAD_BYTES)
-    expects_continue = bool(req._expected_100_continue)
+    expects_continue = _expects_continue(req)
     reader = req.body.reader
     if isinstance(reader, LengthReader):
         if reader.length > max_body:
@@ -561,6 +569,9 @@ class BufferingWorker(JsonErrorsMixin, gthread.ThreadWorker):
             if req is None:
                 req = next(http.get_parser(self.cfg, [conn.request], conn.client))
             # Its body has arrived: no client is waiting for a 100 Continue.
+            # gunicorn sends one itself when this flag of its request says so,
+            # and has no public way to tell it not to: the flag is set here,
+            # and tests/test_serving.py pins that a client gets exactly one.
             req._expected_100_continue = False
             keep = self.handle_request(req, conn)
             return keep and _drained(req)

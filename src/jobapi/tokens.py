@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from .exceptions import TokenExists, TokenNotFound
 from .keys import hash_key, looks_like_token, make_token
 from .models import ApiToken, ConsoleSession, utcnow
-from .storage import begin_write
+from .storage.engines import begin_write
 
 
 @dataclass(frozen=True)

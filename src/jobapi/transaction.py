@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 
 from .errors import database_unavailable, handle_database_error
 from .extensions import db
-from .storage import HeldConnection, begin_on_driver, end_on_driver, held_connection
+from .storage.connections import HeldConnection, begin_on_driver, end_on_driver, held_connection
 
 # g attribute: the request's own connection, once it has one.
 _CONNECTION = "request_connection"

@@ -3,11 +3,10 @@ timelines, make, cancel and remove them. Its routes are for people, not part of 
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, redirect, url_for
+from flask import Flask, redirect, url_for
 
 from ..extensions import csrf
-
-bp = Blueprint("console", __name__)
+from .views import bp
 
 
 def init_console(app: Flask) -> None:
@@ -21,5 +20,3 @@ def _index():
     """The site's root: the console."""
     return redirect(url_for("console.jobs"))
 
-
-from . import views  # noqa: E402,F401  (registers the routes and hooks on bp)

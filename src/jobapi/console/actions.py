@@ -27,7 +27,8 @@ from ..extensions import db
 from ..jobs import pages, service
 from ..models import STATES, ApiToken, Job
 from ..payload import loads_strict
-from ..schemas import job_create_schema
+from ..jobs.schemas import job_create_schema
+from ..storage.engines import write_connection
 from . import signins
 
 OPERATOR = signins.OPERATOR
@@ -213,7 +214,7 @@ def make_job(form: Mapping[str, str]) -> service.NewJob:
     if errors:
         raise FormInvalid(errors)
     with refusals():
-        return service.create_job(db.session, **data)
+        return service.create_job(write_connection(db.session), **data)
 
 
 def _flatten(messages: Any) -> list[str]:
@@ -227,10 +228,10 @@ def _flatten(messages: Any) -> list[str]:
 def cancel_job(job_id: str) -> service.Cancellation:
     """Cancel a job as ``jobs cancel`` does; a finished one is refused."""
     with refusals():
-        return service.cancel_job(db.session, job_id)
+        return service.cancel_job(write_connection(db.session), job_id)
 
 
 def remove_job(job_id: str, *, force: bool) -> None:
     """Remove a job as ``jobs remove`` does; an active one only with ``force``."""
     with refusals():
-        service.remove_job(db.session, job_id, force=force)
+        service.remove_job(write_connection(db.session), job_id, force=force)

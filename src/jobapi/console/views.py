@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import (
+    Blueprint,
     Response,
     current_app,
     flash,
@@ -36,12 +37,15 @@ from werkzeug.urls import iri_to_uri
 
 from ..extensions import csrf, db
 from ..models import FINAL_STATES, STATES
-from ..schemas import TASK_PATTERN, format_timestamp
-from ..storage import begin_write
-from . import actions, bp
+from ..fields import format_timestamp
+from ..jobs.schemas import TASK_PATTERN
+from ..storage.engines import begin_write
+from . import actions
 from .timeline import entries, format_duration, segments
 
 log = logging.getLogger(__name__)
+
+bp = Blueprint("console", __name__)
 
 # The session key whose value names the sign-in (a random id; the server keeps its digest).
 SESSION_KEY = "sid"

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ..exceptions import InvalidCursor
 from ..models import Job
-from .service import is_job_id
+from .ids import is_job_id
 
 
 def encode_cursor(job: Job) -> str:

@@ -10,16 +10,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from ..models import Job, JobStatus, utcnow
-from ..storage import begin_write
-from .service import append_status, is_job_id
+from ..models import Job, utcnow
+from ..storage.engines import write_connection
+from . import statements
+from .rows import JobRow, StatusRow
+from .ids import is_job_id
+from .service import append_status
 from .states import ACTIVE_STATES
-
-_LOCK_NOWAIT = (
-    select(Job)
-    .with_for_update(nowait=True)
-    .execution_options(populate_existing=True)
-)
 
 
 class JobLocked(Exception):
@@ -30,8 +27,8 @@ class JobLocked(Exception):
 class Reaped:
     """A job the reaper timed out, and when it was last heard from."""
 
-    job: Job
-    record: JobStatus
+    job: JobRow
+    record: StatusRow
     last_heartbeat: datetime
 
 
@@ -59,8 +56,8 @@ def reap_job(session: Session, job_id: str, timeout_seconds: float) -> Reaped | 
         return None
     try:
         # On SQLite the write lock is taken here, as the transaction begins.
-        begin_write(session)
-        job = session.scalars(_LOCK_NOWAIT.where(Job.id == job_id)).one_or_none()
+        connection = write_connection(session)
+        job, _ = statements.lock(connection, job_id, nowait=True)
     except sa_exc.OperationalError as error:
         if _is_lock_refusal(error):
             raise JobLocked(job_id) from None
@@ -71,15 +68,16 @@ def reap_job(session: Session, job_id: str, timeout_seconds: float) -> Reaped | 
         return None
     last_heartbeat = job.last_heartbeat
     silence = (now - last_heartbeat).total_seconds()
-    record = append_status(
-        session.connection(), job, state="timeout", stage=job.stage, progress=job.progress,
-        error=(
+    appended = append_status(connection, job, {
+        "state": "timeout", "stage": job.stage, "progress": job.progress,
+        "error": (
             f"No heartbeat for {seconds(f'{silence:.0f}')} (last at "
             f"{last_heartbeat.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}); "
             f"the timeout is {seconds(f'{timeout_seconds:g}')}"
         ),
-    )
-    assert record is not None
+    })
+    assert appended is not None
+    job, record = appended
     return Reaped(job=job, record=record, last_heartbeat=last_heartbeat)
 
 

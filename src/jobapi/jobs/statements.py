@@ -1,10 +1,13 @@
-"""The SQL of a job's own requests: read its document, lock it, append a record, find a
-retried push's record, record a heartbeat, keep its steps.
+"""The SQL of jobs, each statement named, with named parameters: read a job's document, lock
+it, append a record, find a retried push's record, record a heartbeat, keep a job's steps, make, take, claim
+and remove a job.
 
-These are the requests workers make all the time, so they skip the ORM: one
-text per database, run prepared on a connection of SQLAlchemy's pool (the
-request's own, ``jobapi.transaction.request_connection``, or a session's),
-answering plain rows. Errors go through SQLAlchemy's handling all the same
+A job's own requests are the ones workers make all the time, so these skip
+the ORM: one text per database (``%(job_id)s`` for psycopg, ``:job_id`` for
+sqlite3), run prepared on a connection of SQLAlchemy's pool (the request's
+own, ``jobapi.transaction.request_connection``, or a session's), read into
+the rows of ``jobs.rows`` by column name. The columns come from those rows,
+so from the models. Errors go through SQLAlchemy's handling all the same
 (its error classes, its pool renewal, the engine's error events), so a
 failing database looks the same here as anywhere else.
 """
@@ -12,144 +15,150 @@ failing database looks the same here as anywhere else.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg.types.json import Json
-from sqlalchemy import Connection
+from sqlalchemy import JSON, Connection
 
-from ..models import JobFacts
-from ..storage import HeldConnection, is_postgresql, run_on_driver
+from ..models import Job, JobStatus, UTCDateTime
+from ..storage.connections import HeldConnection, is_postgresql, run_on_driver
+from .rows import JobRow, StatusRow, column_list, names_of, row_maker
+from .rules import DOCUMENT_KEYS, SEED_RECORD_KEYS, SHOWN_WHEN_GIVEN
 
-# A job's columns that authenticate it and say where it stands.
-_JOB = ("id", "state", "stage", "progress", "updated_at", "status_count", "pinged_at",
-        "key_digest", "replaced_key_digest", "claimed_at")
-# And those only its document shows.
-_DOCUMENT = ("task", "args", "proc", "mem", "user_id", "created_at", "number", "claim")
-# A record's columns, in the order documents show them.
-_RECORD = ("state", "stage", "error", "progress", "timestamp", "step_name", "step_description")
-_INSERT = ("job_id", "seq", "state", "stage", "error", "progress", "timestamp",
-           "step_name", "step_description", "idempotency_key", "request_digest")
-_CURRENT = ("state", "stage", "progress", "updated_at", "status_count")
+AnyConnection = Connection | HeldConnection
+
+# The job's columns that follow its newest record: column -> the record's field.
+CURRENT = {"state": "state", "stage": "stage", "progress": "progress", "updated_at": "timestamp", "status_count": "seq"}
 
 
-def _columns(prefix: str, names: tuple[str, ...]) -> str:
-    return ", ".join(f"{prefix}.{name}" for name in names)
+def _assignments(columns: dict[str, str], param: Callable[[str], str]) -> str:
+    return ", ".join(f"{column} = {param(field)}" for column, field in columns.items())
 
 
-# The record as JSON text from PostgreSQL: its time already written as documents show it.
-_PG_RECORD_ARRAY = (
-    "json_build_array(s.state, s.stage, s.error, s.progress, "
-    """to_char(s.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), """
-    "s.step_name, s.step_description)"
+def _values(row_type: type, param: Callable[[str], str]) -> str:
+    return ", ".join(param(name) for name in row_type._fields)
+
+
+def _common(param: Callable[[str], str]) -> dict[str, str]:
+    """The statements both databases say alike, with their placeholders."""
+    jobs, records = column_list(JobRow), column_list(StatusRow)
+    return {
+        "replay": (
+            f"SELECT {records} FROM job_status "
+            f"WHERE job_id = {param('job_id')} AND idempotency_key = {param('idempotency_key')}"
+        ),
+        "record": f"SELECT {records} FROM job_status WHERE job_id = {param('job_id')} AND seq = {param('seq')}",
+        "ping": f"UPDATE jobs SET pinged_at = {param('pinged_at')} WHERE id = {param('id')}",
+        # Acquire, claim, rotate-key: a new key, who took the job, and what a 42.x worker
+        # declared as it claimed it.
+        "take": (
+            f"UPDATE jobs SET key_digest = {param('key_digest')}, "
+            f"replaced_key_digest = {param('replaced_key_digest')}, "
+            f"claimed_by = {param('claimed_by')}, claimed_at = {param('claimed_at')}, "
+            f"claim = {param('claim')}, steps = {param('steps')} WHERE id = {param('id')}"
+        ),
+        "insert_job": f"INSERT INTO jobs ({jobs}) VALUES ({_values(JobRow, param)})",
+        "insert_first_record": f"INSERT INTO job_status ({records}) VALUES ({_values(StatusRow, param)})",
+        "delete": f"DELETE FROM jobs WHERE id = {param('job_id')}",
+        "steps": f"UPDATE jobs SET steps = {param('steps')} WHERE id = {param('id')}",
+    }
+
+
+def _postgresql(name: str) -> str:
+    return f"%({name})s"
+
+
+def _sqlite(name: str) -> str:
+    return f":{name}"
+
+
+# A record's values in DOCUMENT_KEYS order, built by PostgreSQL as a JSON array (half the
+# text of an object), its time already written as documents show it; ``_shown`` names them.
+_PG_RECORD_VALUES = "json_build_array({})".format(", ".join(
+    """to_char(s.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+    if key == "timestamp" else f"s.{key}"
+    for key in DOCUMENT_KEYS
+))
+_PG_CLAIMABLE = (
+    "SELECT {columns} FROM jobs WHERE state = 'waiting' AND claimed_at IS NULL AND {task_in} "
+    "AND proc <= {proc} AND mem <= {mem} ORDER BY created_at, id LIMIT 1"
 )
 
 POSTGRESQL = {
+    **_common(_postgresql),
     # The job and its whole history in one statement.
     "read": (
-        f"SELECT {_columns('j', _JOB + _DOCUMENT)}, "
-        f"(SELECT json_agg({_PG_RECORD_ARRAY} ORDER BY s.seq) FROM job_status s WHERE s.job_id = j.id) "
-        "FROM jobs j WHERE j.id = %s"
+        f"SELECT {column_list(JobRow, 'j')}, "
+        f"(SELECT json_agg({_PG_RECORD_VALUES} ORDER BY s.seq) FROM job_status s WHERE s.job_id = j.id) AS history "
+        "FROM jobs j WHERE j.id = %(job_id)s"
     ),
     "history": (
-        f"SELECT json_agg({_PG_RECORD_ARRAY} ORDER BY s.seq) FROM job_status s WHERE s.job_id = %s"
+        f"SELECT json_agg({_PG_RECORD_VALUES} ORDER BY s.seq) AS history FROM job_status s "
+        "WHERE s.job_id = %(job_id)s"
     ),
-    "lock": f"SELECT {_columns('j', _JOB)} FROM jobs j WHERE j.id = %s FOR UPDATE",
+    "lock": f"SELECT {column_list(JobRow)} FROM jobs WHERE id = %(job_id)s FOR UPDATE",
+    # For the reaper, which never waits on a request that holds the job.
+    "lock_nowait": f"SELECT {column_list(JobRow)} FROM jobs WHERE id = %(job_id)s FOR UPDATE NOWAIT",
     # The row lock, and the record an Idempotency-Key made, in one statement.
     "lock_with_replay": (
-        f"SELECT {_columns('j', _JOB)}, {_columns('s', _RECORD)}, s.request_digest "
-        "FROM jobs j LEFT JOIN job_status s ON s.job_id = j.id AND s.idempotency_key = %s "
-        "WHERE j.id = %s FOR UPDATE OF j"
-    ),
-    "replay": (
-        f"SELECT {', '.join(_RECORD)}, request_digest FROM job_status "
-        "WHERE job_id = %s AND idempotency_key = %s"
+        f"SELECT {column_list(JobRow, 'j')}, {column_list(StatusRow, 's', prefix='replay.')} "
+        "FROM jobs j LEFT JOIN job_status s ON s.job_id = j.id AND s.idempotency_key = %(idempotency_key)s "
+        "WHERE j.id = %(job_id)s FOR UPDATE OF j"
     ),
     # The record and the job's current state in one statement. A keyed push
     # that lost a race to its own retry inserts nothing and updates nothing.
     "append": (
-        f"WITH record AS (INSERT INTO job_status ({', '.join(_INSERT)}) "
-        f"VALUES ({', '.join(['%s'] * len(_INSERT))}) "
+        f"WITH record AS (INSERT INTO job_status ({column_list(StatusRow)}) "
+        f"VALUES ({_values(StatusRow, _postgresql)}) "
         "ON CONFLICT (job_id, idempotency_key) DO NOTHING RETURNING seq) "
-        f"UPDATE jobs SET {', '.join(f'{name} = %s' for name in _CURRENT)} "
-        "FROM record WHERE jobs.id = %s RETURNING record.seq"
+        f"UPDATE jobs SET {_assignments(CURRENT, _postgresql)} "
+        "FROM record WHERE jobs.id = %(job_id)s RETURNING record.seq"
     ),
-    "ping": "UPDATE jobs SET pinged_at = %s WHERE id = %s",
-    "steps": "UPDATE jobs SET steps = %s WHERE id = %s",
+    # Runners claiming at once never get the same job, nor wait on each other.
+    "claim": _PG_CLAIMABLE.format(
+        columns=column_list(JobRow), task_in="task = ANY(%(tasks)s)", proc="%(proc)s", mem="%(mem)s",
+    ) + " FOR UPDATE SKIP LOCKED",
+    "claim_task": _PG_CLAIMABLE.format(
+        columns=column_list(JobRow), task_in="task = %(task)s", proc="proc", mem="mem",
+    ) + " FOR UPDATE SKIP LOCKED",
 }
 
 # SQLite: its write lock is the transaction's (BEGIN IMMEDIATE), and its
 # statements are cached by the driver.
 SQLITE = {
-    "read": f"SELECT {', '.join(_JOB + _DOCUMENT)} FROM jobs WHERE id = ?",
-    "history": f"SELECT {', '.join(_RECORD)} FROM job_status WHERE job_id = ? ORDER BY seq",
-    "lock": f"SELECT {', '.join(_JOB)} FROM jobs WHERE id = ?",
-    "replay": (
-        f"SELECT {', '.join(_RECORD)}, request_digest FROM job_status "
-        "WHERE job_id = ? AND idempotency_key = ?"
-    ),
+    **_common(_sqlite),
+    "read": f"SELECT {column_list(JobRow)} FROM jobs WHERE id = :job_id",
+    "history": f"SELECT {', '.join(DOCUMENT_KEYS)} FROM job_status WHERE job_id = :job_id ORDER BY seq",
+    "lock": f"SELECT {column_list(JobRow)} FROM jobs WHERE id = :job_id",
+    "lock_nowait": f"SELECT {column_list(JobRow)} FROM jobs WHERE id = :job_id",
     "insert": (
-        f"INSERT INTO job_status ({', '.join(_INSERT)}) VALUES ({', '.join(['?'] * len(_INSERT))}) "
+        f"INSERT INTO job_status ({column_list(StatusRow)}) VALUES ({_values(StatusRow, _sqlite)}) "
         "ON CONFLICT (job_id, idempotency_key) DO NOTHING RETURNING seq"
     ),
-    "update": f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _CURRENT)} WHERE id = ?",
-    "ping": "UPDATE jobs SET pinged_at = ? WHERE id = ?",
-    "steps": "UPDATE jobs SET steps = ? WHERE id = ?",
+    "update_current": f"UPDATE jobs SET {_assignments(CURRENT, _sqlite)} WHERE id = :job_id",
+    "claim": _PG_CLAIMABLE.format(
+        columns=column_list(JobRow), task_in="task IN (SELECT value FROM json_each(:tasks))",
+        proc=":proc", mem=":mem",
+    ),
+    "claim_task": _PG_CLAIMABLE.format(columns=column_list(JobRow), task_in="task = :task", proc="proc", mem="mem"),
 }
 
 
-@dataclass(slots=True)
-class Record:
-    """A status record as its job's requests read it; ``timestamp`` is a datetime, or the
-    text documents show (``2018-02-06T22:16:15.637000Z``) when read for a document."""
-
-    state: str
-    stage: str | None
-    error: Any
-    progress: int
-    timestamp: Any
-    step_name: str | None = None
-    step_description: str | None = None
-    request_digest: str | None = None
-
-
-@dataclass(slots=True)
-class JobRow(JobFacts):
-    """A job as its own requests read it: plain values, no ORM instance."""
-
-    id: str
-    state: str
-    stage: str | None
-    progress: int
-    updated_at: datetime
-    status_count: int
-    pinged_at: datetime | None
-    key_digest: str
-    replaced_key_digest: str | None
-    claimed_at: datetime | None
-    # Read for a document only.
-    task: str | None = None
-    args: dict[str, Any] | None = None
-    proc: int | None = None
-    mem: int | None = None
-    user_id: str | None = None
-    created_at: datetime | None = None
-    number: int | None = None
-    claim: dict[str, Any] | None = None
-    # Read for a document only: each record's columns, in ``_RECORD`` order.
-    records: list[Sequence[Any]] | None = None
-    # The steps a 42.x worker declared (jobapi.virtool42 reads them).
-    steps: list[dict[str, Any]] | None = None
-
-
-# SQLite keeps times as naive UTC text, the way SQLAlchemy's DateTime writes them.
+# How values of each kind of column go to each driver and come back. PostgreSQL
+# reads and writes times as they are (its sessions speak UTC) and reads JSON;
+# SQLite keeps times as naive UTC text, the way SQLAlchemy's DateTime writes them,
+# and JSON as text.
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
-def _sqlite_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.strptime(value, _SQLITE_TIME).replace(tzinfo=UTC)
+def _sqlite_time(value: str) -> datetime:
+    return datetime.strptime(value, _SQLITE_TIME).replace(tzinfo=UTC)
+
+
+def _sqlite_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime(_SQLITE_TIME)
 
 
 def _sqlite_document_time(value: str) -> str:
@@ -157,125 +166,213 @@ def _sqlite_document_time(value: str) -> str:
     return value.replace(" ", "T") + "Z"
 
 
-def _job(row: tuple, sqlite: bool) -> JobRow:
-    job = JobRow(*row)
-    if sqlite:
-        job.updated_at = _sqlite_time(job.updated_at)  # type: ignore[arg-type,assignment]
-        job.pinged_at = _sqlite_time(job.pinged_at)  # type: ignore[arg-type]
-        job.claimed_at = _sqlite_time(job.claimed_at)  # type: ignore[arg-type]
-        if job.created_at is not None:
-            job.created_at = _sqlite_time(job.created_at)  # type: ignore[arg-type]
-        if isinstance(job.args, str):
-            job.args = json.loads(job.args)
-        if isinstance(job.claim, str):
-            job.claim = json.loads(job.claim)
-    return job
+def _columns_of_type(kind: type) -> frozenset[str]:
+    return frozenset(
+        column.key for table in (Job.__table__, JobStatus.__table__) for column in table.columns
+        if isinstance(column.type, kind)
+    )
 
 
-def _sqlite_record(row: tuple) -> Record:
-    record = Record(*row)
-    if record.error is not None:
-        record.error = json.loads(record.error)
-    record.timestamp = _sqlite_time(record.timestamp)
-    return record
+_TIMES = _columns_of_type(UTCDateTime)
+_JSON = _columns_of_type(JSON)
+# column name -> how its value is written (None is always written as NULL).
+_PG_ENCODERS = tuple((name, Json) for name in sorted(_JSON))
+_SQLITE_ENCODERS = tuple(
+    [(name, _sqlite_text) for name in sorted(_TIMES)] + [(name, json.dumps) for name in sorted(_JSON)]
+)
+# column name -> how SQLite's text is read back.
+_SQLITE_DECODERS = tuple(
+    [(name, _sqlite_time) for name in sorted(_TIMES)] + [(name, json.loads) for name in sorted(_JSON)]
+)
 
 
-def _sqlite_document_record(row: tuple) -> tuple:
-    state, stage, error, progress, timestamp, step_name, step_description = row
-    return (state, stage, None if error is None else json.loads(error), progress,
-            _sqlite_document_time(timestamp), step_name, step_description)
+def _run(connection: AnyConnection, name: str, parameters: dict[str, Any]) -> tuple[Any, str, bool]:
+    """Run the named statement with its parameters encoded for the connection's database:
+    the cursor, the statement's text, and whether the database is PostgreSQL."""
+    postgresql = is_postgresql(connection)
+    for column, encode in _PG_ENCODERS if postgresql else _SQLITE_ENCODERS:
+        value = parameters.get(column)
+        if value is not None:
+            parameters[column] = encode(value)
+    statement = (POSTGRESQL if postgresql else SQLITE)[name]
+    return run_on_driver(connection, statement, parameters), statement, postgresql
 
 
-def read_job(connection: Connection | HeldConnection, job_id: str) -> JobRow | None:
+# A statement's column names, read from its first result (they never change): psycopg
+# builds its description anew on each call.
+_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+def _names(cursor: Any, statement: str) -> tuple[str, ...]:
+    names = _NAMES.get(statement)
+    if names is None:
+        names = _NAMES[statement] = names_of(cursor.description)
+    return names
+
+
+# (statement, row type, prefix) -> how its rows are made, found once.
+_MAKERS: dict[tuple[str, type, str], Callable[[Sequence[Any]], Any]] = {}
+
+
+def _maker(
+    cursor: Any, statement: str, postgresql: bool, row_type: type, prefix: str = ""
+) -> Callable[[Sequence[Any]], Any]:
+    key = (statement, row_type, prefix)
+    maker = _MAKERS.get(key)
+    if maker is None:
+        maker = _MAKERS[key] = row_maker(
+            row_type, _names(cursor, statement), prefix, () if postgresql else _SQLITE_DECODERS
+        )
+    return maker
+
+
+def _one(connection: AnyConnection, name: str, parameters: dict[str, Any], row_type: type) -> Any:
+    """The statement's one row as a ``row_type``, or None."""
+    cursor, statement, postgresql = _run(connection, name, parameters)
+    values = cursor.fetchone()
+    return None if values is None else _maker(cursor, statement, postgresql, row_type)(values)
+
+
+def _value(cursor: Any, statement: str, values: Sequence[Any], column: str) -> Any:
+    """One column of a row, by its name."""
+    return values[_names(cursor, statement).index(column)]
+
+
+class JobDocumentRows(NamedTuple):
+    """A job, and its records as its document shows them, oldest first."""
+
+    job: JobRow
+    history: list[dict[str, Any]]
+
+
+_SEED = len(SEED_RECORD_KEYS)
+
+
+def _shown(history: list[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Records' values, in DOCUMENT_KEYS order, as their documents: the seed's five keys, then
+    those shown only when the push gave them."""
+    documents = []
+    for values in history:
+        document = dict(zip(SEED_RECORD_KEYS, values))
+        for key, value in zip(SHOWN_WHEN_GIVEN, values[_SEED:]):
+            if value is not None:
+                document[key] = value
+        documents.append(document)
+    return documents
+
+
+def read_job(connection: AnyConnection, job_id: str) -> JobDocumentRows | None:
     """A job and its records, oldest first, for its document; None if there is no such job."""
-    if is_postgresql(connection):
-        row = run_on_driver(connection, POSTGRESQL["read"], (job_id,)).fetchone()
-        if row is None:
-            return None
-        job = _job(row[:-1], sqlite=False)
-        job.records = row[-1] or []
-        return job
-    row = run_on_driver(connection, SQLITE["read"], (job_id,)).fetchone()
-    if row is None:
+    cursor, statement, postgresql = _run(connection, "read", {"job_id": job_id})
+    values = cursor.fetchone()
+    if values is None:
         return None
-    job = _job(row, sqlite=True)
-    job.records = history(connection, job_id)
-    return job
+    job = _maker(cursor, statement, postgresql, JobRow)(values)
+    if postgresql:
+        return JobDocumentRows(job, _shown(_value(cursor, statement, values, "history") or []))
+    return JobDocumentRows(job, history(connection, job_id))
 
 
-def history(connection: Connection | HeldConnection, job_id: str) -> list[Sequence[Any]]:
-    """A job's records, oldest first, each its columns in ``_RECORD`` order, with its time
-    written as documents show it."""
-    if is_postgresql(connection):
-        (values,) = run_on_driver(connection, POSTGRESQL["history"], (job_id,)).fetchone()
-        return values or []
-    rows = run_on_driver(connection, SQLITE["history"], (job_id,)).fetchall()
-    return [_sqlite_document_record(row) for row in rows]
+def history(connection: AnyConnection, job_id: str) -> list[dict[str, Any]]:
+    """A job's records, oldest first, as its document shows them (times written as text)."""
+    cursor, statement, postgresql = _run(connection, "history", {"job_id": job_id})
+    if postgresql:
+        return _shown(_value(cursor, statement, cursor.fetchone(), "history") or [])
+    names = _names(cursor, statement)
+    assert names == DOCUMENT_KEYS, names
+    error_at, time_at = names.index("error"), names.index("timestamp")
+    records = []
+    for values in cursor.fetchall():
+        values = list(values)
+        if values[error_at] is not None:
+            values[error_at] = json.loads(values[error_at])
+        values[time_at] = _sqlite_document_time(values[time_at])
+        records.append(values)
+    return _shown(records)
 
 
-def lock(connection: Connection | HeldConnection, job_id: str, idempotency_key: str | None) -> tuple[JobRow | None, Record | None]:
+def lock(
+    connection: AnyConnection, job_id: str, idempotency_key: str | None = None, *, nowait: bool = False
+) -> tuple[JobRow | None, StatusRow | None]:
     """The job, its row locked until the transaction ends, and the record its
-    Idempotency-Key made, if any (the transaction is already a writing one)."""
-    if is_postgresql(connection):
-        if idempotency_key is None:
-            row = run_on_driver(connection, POSTGRESQL["lock"], (job_id,)).fetchone()
-            return (None if row is None else _job(row, sqlite=False)), None
-        row = run_on_driver(connection, POSTGRESQL["lock_with_replay"], (idempotency_key, job_id)).fetchone()
-        if row is None:
+    Idempotency-Key made, if any (the transaction is already a writing one). With
+    ``nowait``, a row another transaction holds is an error at once (PostgreSQL)."""
+    if idempotency_key is not None and is_postgresql(connection):
+        cursor, statement, _ = _run(
+            connection, "lock_with_replay", {"job_id": job_id, "idempotency_key": idempotency_key}
+        )
+        values = cursor.fetchone()
+        if values is None:
             return None, None
-        width = len(_JOB)
-        replay = Record(*row[width:]) if row[width] is not None else None
-        return _job(row[:width], sqlite=False), replay
-    row = run_on_driver(connection, SQLITE["lock"], (job_id,)).fetchone()
-    if row is None:
-        return None, None
-    replay = find_replay(connection, job_id, idempotency_key) if idempotency_key is not None else None
-    return _job(row, sqlite=True), replay
+        replay = _maker(cursor, statement, True, StatusRow, prefix="replay.")(values)
+        return _maker(cursor, statement, True, JobRow)(values), (replay if replay.job_id is not None else None)
+    job = _one(connection, "lock_nowait" if nowait else "lock", {"job_id": job_id}, JobRow)
+    if job is None or idempotency_key is None:
+        return job, None
+    return job, find_replay(connection, job_id, idempotency_key)
 
 
-def find_replay(connection: Connection | HeldConnection, job_id: str, idempotency_key: str) -> Record | None:
+def find_replay(connection: AnyConnection, job_id: str, idempotency_key: str) -> StatusRow | None:
     """The record an Idempotency-Key stored for this job, read anew."""
-    sqlite = not is_postgresql(connection)
-    row = run_on_driver(connection, (SQLITE if sqlite else POSTGRESQL)["replay"], (job_id, idempotency_key)).fetchone()
-    if row is None:
-        return None
-    return _sqlite_record(row) if sqlite else Record(*row)
+    return _one(connection, "replay", {"job_id": job_id, "idempotency_key": idempotency_key}, StatusRow)
 
 
-def append(connection: Connection | HeldConnection, record: tuple, current: tuple) -> bool:
-    """Insert a record (its columns in ``_INSERT`` order) and make it the job's current state
-    (``_CURRENT`` order); False, writing nothing, when its Idempotency-Key already stored one."""
-    job_id = record[0]
-    error = record[4]
-    if is_postgresql(connection):
-        if error is not None:
-            record = record[:4] + (Json(error),) + record[5:]
-        return run_on_driver(connection, POSTGRESQL["append"], record + current + (job_id,)).fetchone() is not None
-    # SQLite: the error as JSON text, the times as SQLAlchemy writes them.
-    record = (record[:4] + (None if error is None else json.dumps(error), record[5], _sqlite_text(record[6]))
-              + record[7:])
-    if run_on_driver(connection, SQLITE["insert"], record).fetchone() is None:
+def record(connection: AnyConnection, job_id: str, seq: int) -> StatusRow:
+    """A job's record by its place in the history (from 1)."""
+    return _one(connection, "record", {"job_id": job_id, "seq": seq}, StatusRow)
+
+
+def append(connection: AnyConnection, record: StatusRow) -> bool:
+    """Insert a record and make it the job's current state (``CURRENT``); False, writing
+    nothing, when its Idempotency-Key already stored one."""
+    cursor, _, postgresql = _run(connection, "append" if is_postgresql(connection) else "insert", record._asdict())
+    if cursor.fetchone() is None:
         return False
-    current = current[:3] + (_sqlite_text(current[3]),) + current[4:]
-    run_on_driver(connection, SQLITE["update"], current + (job_id,))
+    if not postgresql:
+        _run(connection, "update_current", record._asdict())
     return True
 
 
-def ping(connection: Connection | HeldConnection, job_id: str, at: datetime) -> None:
-    """Record a heartbeat of a locked job."""
-    if is_postgresql(connection):
-        run_on_driver(connection, POSTGRESQL["ping"], (at, job_id))
-    else:
-        run_on_driver(connection, SQLITE["ping"], (_sqlite_text(at), job_id))
+def ping(connection: AnyConnection, job: JobRow) -> None:
+    """Record a locked job's heartbeat (its ``pinged_at``)."""
+    _run(connection, "ping", {"id": job.id, "pinged_at": job.pinged_at})
 
 
-def _sqlite_text(value: datetime) -> str:
-    return value.astimezone(UTC).strftime(_SQLITE_TIME)
+def take(connection: AnyConnection, job: JobRow) -> None:
+    """Write a locked job's keys and who took it (``key_digest``, ``replaced_key_digest``,
+    ``claimed_by``, ``claimed_at``, ``claim``, ``steps``)."""
+    _run(connection, "take", {
+        "id": job.id, "key_digest": job.key_digest, "replaced_key_digest": job.replaced_key_digest,
+        "claimed_by": job.claimed_by, "claimed_at": job.claimed_at, "claim": job.claim, "steps": job.steps,
+    })
 
 
-def write_steps(connection: Connection | HeldConnection, job_id: str, steps: list[dict[str, Any]]) -> None:
+def insert(connection: AnyConnection, job: JobRow, first: StatusRow) -> None:
+    """Store a new job and its first record."""
+    _run(connection, "insert_job", job._asdict())
+    _run(connection, "insert_first_record", first._asdict())
+
+
+def claimable_of(connection: AnyConnection, task: str) -> JobRow | None:
+    """The oldest waiting job of this task not yet taken, whatever its size, locked as by
+    ``claimable`` (a 42.x worker's size is its deployment's)."""
+    return _one(connection, "claim_task", {"task": task}, JobRow)
+
+
+def claimable(connection: AnyConnection, *, tasks: Sequence[str], proc: int, mem: int) -> JobRow | None:
+    """The oldest waiting job not yet taken whose task is listed and whose needs fit, locked
+    (on PostgreSQL skipping rows other claims hold; SQLite's write lock makes claims serial)."""
+    tasks = list(tasks)
+    return _one(connection, "claim", {
+        "tasks": tasks if is_postgresql(connection) else json.dumps(tasks), "proc": proc, "mem": mem,
+    }, JobRow)
+
+
+def write_steps(connection: AnyConnection, job: JobRow) -> None:
     """Keep a locked job's steps (as a 42.x worker declared them, with their start times)."""
-    if is_postgresql(connection):
-        run_on_driver(connection, POSTGRESQL["steps"], (Json(steps), job_id))
-    else:
-        run_on_driver(connection, SQLITE["steps"], (json.dumps(steps), job_id))
+    _run(connection, "steps", {"id": job.id, "steps": job.steps})
+
+
+def delete(connection: AnyConnection, job_id: str) -> None:
+    """Delete a job; its records go with it (ON DELETE CASCADE)."""
+    _run(connection, "delete", {"job_id": job_id})

@@ -1,8 +1,8 @@
 """The jobs blueprint's routes.
 
-The ``admit_request`` hook has already admitted the caller, read and
-checked the body, and put the job on ``g`` (locked, for a request that
-writes); views call one service function and dump its answer. The
+The ``admit_request`` hook (``jobapi.admission``) has already admitted the
+caller, read and checked the body, and put the job on ``g`` (locked, for a
+request that writes); views call one service function and dump its answer. The
 request's transaction is committed or rolled back when the request ends
 (``jobapi.transaction``), not here.
 """
@@ -10,9 +10,8 @@ request's transaction is committed or rolled back when the request ends
 from __future__ import annotations
 
 from flask import current_app, g, request, url_for
-from werkzeug.routing import BaseConverter
 
-from ..auth import (
+from ..admission import (
     IDEMPOTENCY_ENVIRON,
     IDEMPOTENCY_HEADER,
     admit_request,
@@ -22,10 +21,13 @@ from ..auth import (
 )
 from ..errors import InvalidInput
 from ..extensions import db
-from ..models import JOB_ID_PATTERN
-from ..openapi import IDEMPOTENCY_PARAMETER, Blueprint
+from ..openapi import Blueprint
 from ..transaction import request_connection
-from ..schemas import (
+from . import pages, service
+from .documents import job_document, status_document
+from .ids import JobIdConverter
+from .openapi import IDEMPOTENCY_PARAMETER
+from .schemas import (
     JobListQuerySchema,
     JobOutSchema,
     JobPageSchema,
@@ -36,31 +38,12 @@ from ..schemas import (
     acquire_schema,
     claim_schema,
     job_create_schema,
-    job_document,
     job_list_query_schema,
     job_page_schema,
-    load_push,
     ping_schema,
     remove_query_schema,
-    status_document,
     status_in_schema,
 )
-from . import pages, service
-
-
-class JobIdConverter(BaseConverter):
-    """A job id in a path: any segment but the fixed routes beside it (``/api/jobs/claim``),
-    so that ``GET /api/jobs/claim`` is 405, not a read of a job named "claim".
-
-    Any other segment matches, so that a malformed id is 404 after the
-    credentials are checked (SPEC 2), not a routing 404 before them.
-    """
-
-    # Excluded in the pattern itself, so that every use of the URL map agrees
-    # (matching, and the Allow header it computes for OPTIONS and 405).
-    regex = r"(?!claim(?:/|$))[^/]+"
-    # What a well-formed id looks like, for the OpenAPI document.
-    shape = JOB_ID_PATTERN
 
 
 bp = Blueprint("jobs", __name__)
@@ -72,15 +55,13 @@ bp.before_request(admit_request)
 def add_job_state(response):
     """Tell the caller the state of the job the request reached, on every answer but a 5xx.
 
-    The state is read from what is loaded, never with a query: after a
-    rollback the job is expired, and the database may be gone.
+    ``g.job`` is the job as the request left it: a view that changed it put
+    the changed row there (a removed job is None).
     """
     job = g.get("job")
     if job is None or response.status_code >= 500:
         return response
-    state = service.loaded_state(job)
-    if state is not None:
-        response.headers["Job-State"] = state
+    response.headers["Job-State"] = job.state
     return response
 
 
@@ -111,7 +92,7 @@ def _query(schema) -> dict:
 @allow(job=True, roles=["operator"])
 def get_job(job_id: str):
     """The job's full document with every status record, oldest first."""
-    return job_document(g.job, g.job.records)
+    return job_document(g.job, g.history)
 
 
 @bp.post("/jobs/<job_id:job_id>/status", tags=["jobs"])
@@ -119,13 +100,14 @@ def get_job(job_id: str):
 @bp.refuses(400, 404, 409, 415, 422, job_state=(400, 409, 415, 422))
 @bp.doc(parameters=[IDEMPOTENCY_PARAMETER])
 @allow(job=True)
-@takes_json(status_in_schema, load=load_push)
+@takes_json(status_in_schema)
 def push_status(job_id: str):
     """Append a status record to the job, if its state allows the move.
 
     A push with an Idempotency-Key that was already used with the same
     content answers the record it stored then, and writes nothing.
     """
+    # The object behind Flask's proxy, looked up once (_get_current_object is its documented way).
     incoming = request._get_current_object()
     context = g._get_current_object()
     idempotency_key = valid_idempotency_key(incoming)
@@ -140,6 +122,7 @@ def push_status(job_id: str):
         idempotency_key=idempotency_key,
         max_records=current_app.config["JOB_MAX_STATUS_RECORDS"],
     )
+    context.job = pushed.job
     if pushed.stored:
         context.stored_push_state = pushed.record.state  # counted once the request commits
     return status_document(pushed.record)
@@ -151,8 +134,8 @@ def push_status(job_id: str):
 @allow(job=True)
 def ping(job_id: str):
     """Record a heartbeat: the job is still alive. Any body is ignored."""
-    pinged_at = service.ping_job(request_connection(), g.job)
-    return ping_schema.dump({"state": g.job.state, "pinged_at": pinged_at})
+    g.job = service.ping_job(request_connection(), g.job)
+    return ping_schema.dump({"state": g.job.state, "pinged_at": g.job.pinged_at})
 
 
 @bp.patch("/jobs/<job_id:job_id>", tags=["workers"])
@@ -170,7 +153,9 @@ def acquire_job(job_id: str):
     """
     g.body.load()
     runner = g.caller.name if g.caller is not None else None
-    return _new_job_document(service.acquire_job(db.session, g.job, runner=runner))
+    new = service.acquire_job(db.session.connection(), g.job, runner=runner)
+    g.job = new.job
+    return _new_job_document(new)
 
 
 # Operators (bearer token, role operator)
@@ -183,7 +168,7 @@ def acquire_job(job_id: str):
 @takes_json(job_create_schema)
 def create_job():
     """Make a job; the answer carries its key, shown only this once."""
-    new = service.create_job(db.session, **g.body.load())
+    new = service.create_job(db.session.connection(), **g.body.load())
     return _new_job_document(new), 201, {"Location": url_for("jobs.get_job", job_id=new.job.id)}
 
 
@@ -204,7 +189,9 @@ def list_jobs():
 @allow(roles=["operator"])
 def cancel_job(job_id: str):
     """Cancel a job that is not finished; cancelling a cancelled job answers its record again."""
-    return status_document(service.cancel_job(db.session, job_id).record)
+    outcome = service.cancel_job(db.session.connection(), job_id)
+    g.job = outcome.job
+    return status_document(outcome.record)
 
 
 @bp.delete("/jobs/<job_id:job_id>", tags=["operators"])
@@ -214,7 +201,8 @@ def cancel_job(job_id: str):
 @allow(roles=["operator"])
 def remove_job(job_id: str):
     """Delete a finished job and its records (any job with ``?force=true``)."""
-    service.remove_job(db.session, job_id, force=_query(remove_query_schema)["force"])
+    service.remove_job(db.session.connection(), job_id, force=_query(remove_query_schema)["force"])
+    g.job = None
     return _no_content()
 
 
@@ -229,7 +217,7 @@ def remove_job(job_id: str):
 @takes_json(claim_schema)
 def claim_job():
     """Hand the runner the oldest waiting job it can run, with a fresh key; 204 if none."""
-    new = service.claim_job(db.session, runner=g.caller.name, **g.body.load())
+    new = service.claim_job(db.session.connection(), runner=g.caller.name, **g.body.load())
     if new is None:
         return _no_content()
     return _new_job_document(new)

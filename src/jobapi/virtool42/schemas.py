@@ -17,9 +17,9 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..jobs.service import steps_progress
-from ..jobs.statements import JobRow
+from ..jobs.rows import JobRow
 from ..models import MAX_JOB_NUMBER
-from ..schemas import StrictBoolean, format_timestamp
+from ..fields import StrictBoolean, format_timestamp
 
 # A job's state as the dialect names it: jobapi's eight, folded into Virtool's five.
 DIALECT_STATES = {

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..jobs.statements import JobRow
-from ..storage import HeldConnection, is_postgresql, run_on_driver
+from ..jobs.rows import JobRow
+from ..storage.connections import HeldConnection, is_postgresql, run_on_driver
 
 # The job's columns, as JobRow names them, then its user's id.
 _COLUMNS = ("id", "state", "stage", "progress", "updated_at", "status_count", "pinged_at",

@@ -32,7 +32,9 @@ from ..jobs import numbering, service
 from ..keys import verify_job_key
 from ..payload import TooDeep, loads_strict
 from ..probes import healthz, readyz
-from ..schemas import TASK_PATTERN, format_timestamp
+from ..fields import format_timestamp
+from ..jobs.schemas import TASK_PATTERN
+from ..storage.engines import write_connection
 from ..tokens import find_token
 from ..transaction import request_connection
 from . import statements
@@ -193,7 +195,7 @@ def claim_job():
     if not statements.has_waiting(request_connection(), workflow):
         raise Refusal(404, "No job available")
     new = service.claim_workflow(
-        db.session,
+        write_connection(db.session),
         workflow=workflow,
         runner=body["runnerId"],
         claim=stored_claim(body),
@@ -261,8 +263,8 @@ def get_job(number: str):
 def ping(number: str):
     """A heartbeat; a final job's key is refused first (the hook), which is how its worker
     learns to stop."""
-    pinged_at = service.ping_job(request_connection(), g.job)
-    return {"pingedAt": format_timestamp(pinged_at)}
+    g.job = service.ping_job(request_connection(), g.job)
+    return {"pingedAt": format_timestamp(g.job.pinged_at)}
 
 
 @bp.post("/jobs/<job_number:number>/steps/<step_id>/start")
@@ -270,7 +272,9 @@ def ping(number: str):
 def start_step(number: str, step_id: str):
     """Start a declared step (JobStepStarted); the step started last, again, is answered as it
     was."""
-    return started_document(service.start_step(request_connection(), g.job, step_id).step)
+    started = service.start_step(request_connection(), g.job, step_id)
+    g.job = started.job
+    return started_document(started.step)
 
 
 @bp.post("/jobs/<job_number:number>/finish")
@@ -278,7 +282,7 @@ def start_step(number: str, step_id: str):
 def finish_job(number: str):
     """The work is done: the job succeeds (Job). There is no failing route: a worker that
     fails stops pinging, and the reaper times the job out."""
-    service.finish_job(request_connection(), g.job)
+    g.job = service.finish_job(request_connection(), g.job)
     return job_document(g.job, _user_id(g.job.user_id, g.job_user_id))
 
 

@@ -9,7 +9,7 @@ A pooled connection sets the statement timeout in each transaction instead:
 ``BEGIN; SET LOCAL statement_timeout = …`` as one message, and a statement run
 outside a transaction (a read) goes in one message with it, the two as one
 implicit transaction, so neither costs a round trip. Times come back in the
-server's zone, and answers write them in UTC (``schemas.format_timestamp``).
+server's zone, and answers write them in UTC (``fields.format_timestamp``).
 
 A direct connection keeps what is faster: its session's statement timeout
 and zone are set once, and its hot statements are prepared.
@@ -27,9 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from flask import Flask
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Engine, create_engine
 
 POOLER_MODES = ("auto", "none", "transaction")
 
@@ -102,19 +100,3 @@ def execute(connection: psycopg.Connection, statement: str, parameters: Any = ()
     cursor.execute(f"{settings}; {statement}", parameters)
     cursor.nextset()  # past the SET's result, to the statement's
     return cursor
-
-
-def direct_engine(app: Flask) -> Engine | None:
-    """An engine on ``DATABASE_DIRECT_URL`` (for what needs a session: migrations, LISTEN),
-    set up as the app's own; None when that is ``DATABASE_URL``: use the app's engine."""
-    from .storage import configure_engine, engine_options
-
-    url = app.config.get("DATABASE_DIRECT_URL")
-    if not url or url == app.config["SQLALCHEMY_DATABASE_URI"]:
-        return None
-    # Direct by its name: asked as any new connection is, unless DB_POOLER=none says so already.
-    config = {**app.config, "DB_POOLER": "none" if app.config["DB_POOLER"] == "none" else "auto"}
-    config["SQLALCHEMY_ENGINE_OPTIONS"] = {}
-    engine = create_engine(url, **engine_options(url, config))
-    configure_engine(engine, config)
-    return engine
