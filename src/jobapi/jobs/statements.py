@@ -226,6 +226,34 @@ def _maker(
     return maker
 
 
+class Result(NamedTuple):
+    """A statement's cursor, whose rows are read by column name."""
+
+    cursor: Any
+    statement: str
+    postgresql: bool
+
+    def row(self, row_type: type, values: Sequence[Any], prefix: str = "") -> Any:
+        """One of its rows as a ``row_type``, each field from the column of its name."""
+        return _maker(self.cursor, self.statement, self.postgresql, row_type, prefix)(values)
+
+    def value(self, values: Sequence[Any], column: str) -> Any:
+        """One column of one of its rows, by the column's name."""
+        return _value(self.cursor, self.statement, values, column)
+
+
+def execute(connection: AnyConnection, postgresql: str, sqlite: str, parameters: dict[str, Any]) -> Result:
+    """Run a statement of another module (its text for each database, named parameters),
+    its parameters encoded as this module's are; its rows are read by column name."""
+    is_pg = is_postgresql(connection)
+    for column, encode in _PG_ENCODERS if is_pg else _SQLITE_ENCODERS:
+        value = parameters.get(column)
+        if value is not None:
+            parameters[column] = encode(value)
+    statement = postgresql if is_pg else sqlite
+    return Result(run_on_driver(connection, statement, parameters), statement, is_pg)
+
+
 def _one(connection: AnyConnection, name: str, parameters: dict[str, Any], row_type: type) -> Any:
     """The statement's one row as a ``row_type``, or None."""
     cursor, statement, postgresql = _run(connection, name, parameters)

@@ -1,51 +1,42 @@
 """The dialect's SQL: a job by its number (read, or locked), whether a workflow has a job
 waiting, and the counts of active jobs.
 
-Like ``jobapi.jobs.statements``, one text per database, run on the request's own
-connection without the ORM: a worker's requests are the frequent ones, and an idle
-fleet's claims most of all.
+Like ``jobapi.jobs.statements`` (whose machinery runs these), each statement is
+named, with named parameters, and read by column name into a ``JobRow``: a
+worker's requests are the frequent ones, and an idle fleet's claims most of all.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import NamedTuple
 
-from ..jobs.rows import JobRow
-from ..storage.connections import HeldConnection, is_postgresql, run_on_driver
-
-# The job's columns, as JobRow names them, then its user's id.
-_COLUMNS = ("id", "state", "stage", "progress", "updated_at", "status_count", "pinged_at",
-            "key_digest", "replaced_key_digest", "claimed_at", "task", "args", "user_id",
-            "created_at", "number", "claim", "steps")
-_TIMES = ("updated_at", "pinged_at", "claimed_at", "created_at")
-_JSON = ("args", "claim", "steps")
+from ..jobs import statements
+from ..jobs.rows import JobRow, column_list
+from ..storage.connections import HeldConnection
 
 _SELECT = (
-    f"SELECT {', '.join('j.' + name for name in _COLUMNS)}, u.id "
-    "FROM jobs j LEFT JOIN users u ON u.handle = j.user_id WHERE j.number = {parameter}"
+    f"SELECT {column_list(JobRow, 'j')}, u.id AS user_number "
+    "FROM jobs j LEFT JOIN users u ON u.handle = j.user_id WHERE j.number = {number}"
 )
 _ACTIVE = "('waiting', 'preparing', 'running')"
+_WAITING = "SELECT 1 AS waiting FROM jobs WHERE task = {workflow} AND state = 'waiting' AND claimed_at IS NULL LIMIT 1"
+_COUNTS = f"SELECT state, task, COUNT(*) AS count FROM jobs WHERE state IN {_ACTIVE} GROUP BY state, task"
 
 POSTGRESQL = {
-    "read": _SELECT.format(parameter="%s"),
-    "lock": _SELECT.format(parameter="%s") + " FOR UPDATE OF j",
+    "read": _SELECT.format(number="%(number)s"),
+    "lock": _SELECT.format(number="%(number)s") + " FOR UPDATE OF j",
     # The claim's partial index (ix_jobs_claimable) answers this alone.
-    "waiting": "SELECT 1 FROM jobs WHERE task = %s AND state = 'waiting' AND claimed_at IS NULL LIMIT 1",
-    "counts": f"SELECT state, task, COUNT(*) FROM jobs WHERE state IN {_ACTIVE} GROUP BY state, task",
+    "waiting": _WAITING.format(workflow="%(workflow)s"),
+    "counts": _COUNTS,
 }
 # SQLite: the write transaction (BEGIN IMMEDIATE) is the lock.
 SQLITE = {
-    "read": _SELECT.format(parameter="?"),
-    "lock": _SELECT.format(parameter="?"),
-    "waiting": "SELECT 1 FROM jobs WHERE task = ? AND state = 'waiting' AND claimed_at IS NULL LIMIT 1",
-    "counts": f"SELECT state, task, COUNT(*) FROM jobs WHERE state IN {_ACTIVE} GROUP BY state, task",
+    "read": _SELECT.format(number=":number"),
+    "lock": _SELECT.format(number=":number"),
+    "waiting": _WAITING.format(workflow=":workflow"),
+    "counts": _COUNTS,
 }
-
-# SQLite keeps times as naive UTC text, the way SQLAlchemy's DateTime writes them.
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 @dataclass(slots=True)
@@ -56,34 +47,32 @@ class NumberedJob:
     user_id: int | None
 
 
-def _numbered(row: tuple, sqlite: bool) -> NumberedJob:
-    values: dict[str, Any] = dict(zip(_COLUMNS, row[:-1]))
-    if sqlite:
-        for name in _TIMES:
-            if values[name] is not None:
-                values[name] = datetime.strptime(values[name], _SQLITE_TIME).replace(tzinfo=UTC)
-        for name in _JSON:
-            if isinstance(values[name], str):
-                values[name] = json.loads(values[name])
-    return NumberedJob(job=JobRow(**values), user_id=row[-1])
+class ActiveCount(NamedTuple):
+    """How many jobs of a task are in an active state."""
+
+    state: str
+    task: str
+    count: int
 
 
 def find(connection: HeldConnection, number: int, *, lock: bool) -> NumberedJob | None:
     """The job with this number, its row locked until the transaction ends if ``lock`` (the
     transaction is a writing one already); None if no job has it."""
-    sqlite = not is_postgresql(connection)
-    statement = (SQLITE if sqlite else POSTGRESQL)["lock" if lock else "read"]
-    row = run_on_driver(connection, statement, (number,)).fetchone()
-    return None if row is None else _numbered(row, sqlite)
+    name = "lock" if lock else "read"
+    result = statements.execute(connection, POSTGRESQL[name], SQLITE[name], {"number": number})
+    values = result.cursor.fetchone()
+    if values is None:
+        return None
+    return NumberedJob(job=result.row(JobRow, values), user_id=result.value(values, "user_number"))
 
 
 def has_waiting(connection: HeldConnection, workflow: str) -> bool:
     """Whether a job of this workflow waits, not yet taken (a read: it locks nothing)."""
-    statement = (POSTGRESQL if is_postgresql(connection) else SQLITE)["waiting"]
-    return run_on_driver(connection, statement, (workflow,)).fetchone() is not None
+    result = statements.execute(connection, POSTGRESQL["waiting"], SQLITE["waiting"], {"workflow": workflow})
+    return result.cursor.fetchone() is not None
 
 
-def active_counts(connection: HeldConnection) -> list[tuple[str, str, int]]:
-    """``(state, task, count)`` of the jobs waiting, preparing or running."""
-    statement = (POSTGRESQL if is_postgresql(connection) else SQLITE)["counts"]
-    return [tuple(row) for row in run_on_driver(connection, statement).fetchall()]
+def active_counts(connection: HeldConnection) -> list[ActiveCount]:
+    """The jobs waiting, preparing or running, by state and task."""
+    result = statements.execute(connection, POSTGRESQL["counts"], SQLITE["counts"], {})
+    return [result.row(ActiveCount, values) for values in result.cursor.fetchall()]
