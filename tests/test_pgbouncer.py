@@ -49,6 +49,10 @@ ANSWER_WITHIN = 10.0
 TIMEOUT = ANSWER_WITHIN + 5
 
 
+# See Deployment.make_job.
+_MAKING_JOBS = threading.Lock()
+
+
 @dataclass
 class Deployment:
     """A private PostgreSQL, a PgBouncer from deploy/pgbouncer.ini in front of it, the schema
@@ -65,8 +69,13 @@ class Deployment:
                            "DATABASE_DIRECT_URL": self.cluster.url, **config})
 
     def make_job(self, **fields) -> tuple[str, str]:
-        """A job made through the service (directly on the database): (id, key)."""
-        app = create_app({"SQLALCHEMY_DATABASE_URI": self.cluster.url})
+        """A job made through the service (directly on the database): (id, key).
+
+        One at a time: building apps in several threads at once trips CPython 3.11's
+        compiler ("AST constructor recursion depth mismatch") in werkzeug's routing.
+        """
+        with _MAKING_JOBS:
+            app = create_app({"SQLALCHEMY_DATABASE_URI": self.cluster.url})
         with app.app_context():
             new = service.create_job(write_connection(db.session), task=fields.pop("task", "align"), user="ops", **fields)
             db.session.commit()
